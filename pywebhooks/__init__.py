@@ -1,0 +1,3 @@
+"""PyWebhooks: a webhooks service on one Twisted reactor."""
+
+__version__ = "1.0.0.dev0"
