@@ -1,0 +1,108 @@
+"""One SQLite connection on one dedicated thread, so the reactor never blocks on disk.
+
+The store and the embedded ledger both run their statements through a
+``SQLiteDatabase``: every call is a plain function that receives the
+``sqlite3.Connection`` and runs on the database's own thread, one at a time,
+inside a transaction that commits when the function returns and rolls back
+when it raises.  Disk I/O errors (read-only file, full disk, locked
+database) come back as ``errors.StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from pywebhooks.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+
+def sqlite_path(database_url: str) -> str:
+    """The file path of a ``sqlite:PATH`` database URL (``sqlite:///abs`` works too)."""
+    if not database_url.startswith("sqlite:"):
+        raise ValueError("not a sqlite: URL: %r" % (database_url,))
+    path = database_url[len("sqlite:"):]
+    if path.startswith("//"):
+        path = path[2:]
+    if not path:
+        raise ValueError("sqlite: URL without a path")
+    return path
+
+
+class SQLiteDatabase:
+    """A single SQLite connection owned by a one-thread pool."""
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorThreads, path: str) -> None:
+        self._reactor = reactor
+        self.path = path
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite:" + path)
+        self._connection: sqlite3.Connection | None = None
+        self._users = 0
+
+    async def open(self) -> None:
+        """Start the thread and open the connection (shared: counted per user)."""
+        self._users += 1
+        if self._users > 1:
+            return
+        self._pool.start()
+        await self.run_raw(self._connect)
+
+    async def close(self) -> None:
+        """Close the connection and stop the thread when the last user closes."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        try:
+            await self.run_raw(self._disconnect)
+        finally:
+            self._pool.stop()
+
+    def _connect(self) -> None:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a killed process (every commit is in the WAL
+        # before the call returns); only an OS crash may lose the last commits.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=OFF")
+        connection.execute("PRAGMA busy_timeout=5000")
+        self._connection = connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def run_raw(self, function: Callable[..., T], *args: Any) -> Any:
+        """Run ``function(*args)`` on the database thread; a Deferred of its result."""
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``function(connection)`` in one transaction on the database thread."""
+        try:
+            return await self.run_raw(self._transaction, function)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
+            if isinstance(error, sqlite3.IntegrityError):
+                raise
+            self.log.error("sqlite {path} failed: {error}", path=self.path, error=str(error))
+            raise StoreUnavailable("The database is unavailable: %s" % (error,)) from error
+
+    def _transaction(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        connection = self._connection
+        if connection is None:
+            raise sqlite3.OperationalError("database is closed")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = function(connection)
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
