@@ -5,13 +5,15 @@ The store and the embedded ledger both run their statements through a
 ``sqlite3.Connection`` and runs on the database's own thread, one at a time,
 inside a transaction that commits when the function returns and rolls back
 when it raises.  Disk I/O errors (read-only file, full disk, locked
-database) come back as ``errors.StoreUnavailable``.
+database, a file that cannot be opened) come back as
+``errors.StoreUnavailable``.  A path starting with ``file:`` is an SQLite URI
+(e.g. ``file:/var/lib/x.sqlite3?mode=ro``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -43,17 +45,28 @@ class SQLiteDatabase:
     def __init__(self, reactor: IReactorThreads, path: str) -> None:
         self._reactor = reactor
         self.path = path
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="sqlite:" + path)
+        self._pool = self._new_pool()
         self._connection: sqlite3.Connection | None = None
         self._users = 0
 
+    def _new_pool(self) -> ThreadPool:
+        return ThreadPool(minthreads=1, maxthreads=1, name="sqlite:" + self.path)
+
     async def open(self) -> None:
-        """Start the thread and open the connection (shared: counted per user)."""
+        """Start the thread and open the connection (shared: counted per user).
+
+        A database that was closed by its last user can be opened again.
+        """
         self._users += 1
         if self._users > 1:
             return
         self._pool.start()
-        await self.run_raw(self._connect)
+        try:
+            await self._unavailable_on_error(self.run_raw(self._connect))
+        except BaseException:
+            self._users -= 1
+            self._stop_pool()
+            raise
 
     async def close(self) -> None:
         """Close the connection and stop the thread when the last user closes."""
@@ -63,16 +76,30 @@ class SQLiteDatabase:
         try:
             await self.run_raw(self._disconnect)
         finally:
-            self._pool.stop()
+            self._stop_pool()
+
+    def _stop_pool(self) -> None:
+        # A stopped ThreadPool cannot be started again: keep a fresh one ready.
+        self._pool.stop()
+        self._pool = self._new_pool()
 
     def _connect(self) -> None:
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL survives a killed process (every commit is in the WAL
-        # before the call returns); only an OS crash may lose the last commits.
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("PRAGMA foreign_keys=OFF")
-        connection.execute("PRAGMA busy_timeout=5000")
+        connection = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=self.path.startswith("file:"),
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a killed process (every commit is in the WAL
+            # before the call returns); only an OS crash may lose the last commits.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA foreign_keys=OFF")
+            connection.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            connection.close()
+            raise
         self._connection = connection
 
     def _disconnect(self) -> None:
@@ -86,10 +113,16 @@ class SQLiteDatabase:
 
     async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``function(connection)`` in one transaction on the database thread."""
+        return await self._unavailable_on_error(self.run_raw(self._transaction, function))
+
+    async def _unavailable_on_error(self, result: Awaitable[T]) -> T:
+        """Await ``result``, turning SQLite failures into ``StoreUnavailable``."""
         try:
-            return await self.run_raw(self._transaction, function)
-        except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
-            if isinstance(error, sqlite3.IntegrityError):
+            return await result
+        except sqlite3.DatabaseError as error:
+            # A constraint (the caller maps it) or a bug in a statement is not
+            # an outage.
+            if isinstance(error, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
                 raise
             self.log.error("sqlite {path} failed: {error}", path=self.path, error=str(error))
             raise StoreUnavailable("The database is unavailable: %s" % (error,)) from error
@@ -101,8 +134,11 @@ class SQLiteDatabase:
         connection.execute("BEGIN IMMEDIATE")
         try:
             result = function(connection)
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # SQLite has already rolled back by itself after some errors
+            # (e.g. a full disk): a second ROLLBACK would hide the real error.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
         return result
