@@ -32,10 +32,13 @@ Pagination: a page is ``between`` on the list's ordering index, in index
 order, ``skip``/``limit`` from the nearest position this daemon already knows
 (``PageCursors``, shared with the SQLite store: position -> last ``seq``
 before it).  Walking pages with ``next_start`` therefore reads only
-``limit + 1`` index entries per page, however deep.  Positions only move
-when rows are deleted; the page query reads the table's ``generation``
-before its rows, so a delete by any daemon makes every daemon drop that
-table's remembered positions and re-read from the start of the index.
+``limit + 1`` rows per page, however deep (a few milliseconds at position
+100,000); a jump to a position nothing is known about skips through the
+index on the server, which costs time in proportion to ``start`` (see
+``bench/rethinkdb_pagination.py``).  Positions only move when rows are
+deleted; the page query reads the table's ``generation`` before its rows,
+so a delete by any daemon makes every daemon drop that table's remembered
+positions and re-read from the start of the index.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from rethinkdb.errors import (
     ReqlInternalError,
     ReqlResourceLimitError,
 )
-from twisted.internet.defer import DeferredLock, TimeoutError
+from twisted.internet.defer import Deferred, DeferredLock, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -204,6 +207,15 @@ def to_write_result(result: Mapping[str, Any]) -> WriteResult:
     return WriteResult(**{key: int(result.get(key, 0)) for key in WRITE_RESULT_KEYS})
 
 
+def write_error(result: Mapping[str, Any]) -> str:
+    """What went wrong in a write result, without the documents its
+    ``first_error`` prints."""
+    first = str(result.get("first_error", ""))
+    if first.startswith("Duplicate primary key"):
+        return "the id already exists"
+    return first.split(":")[0][:200] or "write failed"
+
+
 @dataclasses.dataclass(frozen=True)
 class Listing:
     """One list query: a range ``[*prefix, seq]`` of ``index`` on ``table``,
@@ -224,6 +236,13 @@ class Listing:
 
 
 # -- the connection -----------------------------------------------------------------
+
+
+def safe_message(error: Exception) -> str:
+    """The first line of a driver error, without the query it prints after it."""
+    message = str(getattr(error, "message", None) or error)
+    first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return first[:200]
 
 
 def _fail_queries_on_loss(connection: Any) -> None:
@@ -283,46 +302,52 @@ class Connector:
                     password=self.address.password, timeout=max(1, int(self._timeout)),
                 )
             except ReqlError as error:
+                message = safe_message(error)
                 self.log.warn("rethinkdb {address} unreachable: {error}",
-                              address=str(self.address), error=str(error))
-                raise StoreUnavailable("RethinkDB is unreachable: %s" % (error,)) from error
+                              address=str(self.address), error=message)
+                raise StoreUnavailable("RethinkDB is unreachable: %s" % (message,)) from None
             _fail_queries_on_loss(connection)
             self._connection = connection
             self.log.info("connected to rethinkdb {address}", address=str(self.address))
             return connection
 
     async def run(self, query: Any, **options: Any) -> Any:
-        """Run ``query``; its result, with sequences read into a list."""
+        """Run ``query``; its result, with sequences read into a list.
+
+        Errors carry only the first line of the server's message: the rest
+        prints the query, whose documents may hold keys.
+        """
         connection = await self.connection()
+        work = Deferred.fromCoroutine(self._execute(connection, query, options))
+        if self._clock is not None:
+            work.addTimeout(self._timeout, self._clock)
         try:
-            deferred = query.run(connection, **options)
-            if self._clock is not None:
-                deferred.addTimeout(self._timeout, self._clock)
-            result = await deferred
-            if hasattr(result, "fetch_next"):
-                result = await self._read_all(result)
-            return result
-        except TimeoutError as error:
+            return await work
+        except TimeoutError:
             self.log.warn("rethinkdb {address}: no answer within {timeout}s",
                           address=str(self.address), timeout=self._timeout)
             await self.disconnect()
-            raise StoreUnavailable("RethinkDB did not answer in time") from error
+            raise StoreUnavailable("RethinkDB did not answer in time") from None
         except (ReqlDriverError, ReqlAvailabilityError, ReqlResourceLimitError,
                 ReqlInternalError) as error:
             if not connection.is_open():
                 self._connection = None
+            message = safe_message(error)
             self.log.warn("rethinkdb {address} unavailable: {error}",
-                          address=str(self.address), error=str(error))
-            raise StoreUnavailable("RethinkDB is unavailable: %s" % (error,)) from error
+                          address=str(self.address), error=message)
+            raise StoreUnavailable("RethinkDB is unavailable: %s" % (message,)) from None
         except ReqlError as error:
             # A query the server refused (or our own ``r.error``): not an outage.
-            raise StoreError("RethinkDB refused a query: %s" % (error,)) from error
+            raise StoreError("RethinkDB refused a query: %s" % (safe_message(error),)) from None
 
     @staticmethod
-    async def _read_all(cursor: Any) -> list[Any]:
+    async def _execute(connection: Any, query: Any, options: Mapping[str, Any]) -> Any:
+        result = await query.run(connection, **options)
+        if not hasattr(result, "fetch_next"):
+            return result
         rows = []
-        while await cursor.fetch_next():
-            rows.append(await cursor.next())
+        while await result.fetch_next():
+            rows.append(await result.next())
         return rows
 
     async def disconnect(self) -> None:
@@ -394,13 +419,16 @@ class RethinkDBStore:
             lambda counter: {"next": counter["next"].add(count)}, return_changes="always",
         )["changes"][0]["new_val"]["next"]
 
-    def _numbered(self, table: str, rows: list[Record], extra: Any = None) -> Any:
-        """``rows`` with fresh ``seq`` numbers (and ``extra`` merged in), as ReQL."""
+    def _insert_numbered(self, table: str, rows: list[Record], extra: Any = None,
+                         **options: Any) -> Any:
+        """Insert ``rows`` with fresh ``seq`` numbers (and ``extra`` merged in), as ReQL:
+        the counter is bumped first, the insert uses the numbers it handed out."""
         r = self.r
         documents = r.expr(rows)
-        return self._allocate(table, len(rows)).do(lambda last: r.range(len(rows)).map(
-            lambda i: documents.nth(i).merge(
-                {"seq": last.sub(len(rows) - 1).add(i)}, extra if extra is not None else {})))
+        return self._allocate(table, len(rows)).do(lambda last: self._table(table).insert(
+            r.range(len(rows)).map(lambda i: documents.nth(i).merge(
+                {"seq": last.sub(len(rows) - 1).add(i)}, extra if extra is not None else {})),
+            conflict="error", **options))
 
     def _owner(self, registration_id: str) -> Any:
         """The owner of a registration, or null, as ReQL."""
@@ -415,10 +443,9 @@ class RethinkDBStore:
     async def _insert(self, kind: str, record: Record, extra: Any = None) -> None:
         table = TABLES[kind]
         row = self._stored(kind, record)
-        result = await self._run(
-            self._table(table).insert(self._numbered(table, [row], extra), conflict="error"))
+        result = await self._run(self._insert_numbered(table, [row], extra))
         if result["errors"]:
-            raise StoreError("%s: %s" % (kind, result.get("first_error")))
+            raise StoreError("%s %s: %s" % (kind, record["id"], write_error(result)))
 
     async def _get(self, kind: str, record_id: str) -> Record | None:
         row = await self._run(self._table(TABLES[kind]).get(record_id))
@@ -485,26 +512,45 @@ class RethinkDBStore:
     # -- lifecycle -------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect; ``DatabaseMissing`` (and closed again) when the schema is absent."""
+        """Connect; ``DatabaseMissing`` (and closed again) when the database, one of
+        the tables or one of the indexes is absent."""
         self._open = True
-        r = self.r
-        database = self.address.database
         try:
-            missing = await self._run(r.branch(
-                r.db_list().contains(database),
-                r.expr(list(ALL_TABLES)).set_difference(r.db(database).table_list()),
-                None,
-            ))
+            missing = await self._run(self._missing_schema())
         except StoreUnavailable:
             await self.close()
             raise
-        if missing is None or missing:
+        if missing["database"] or missing["tables"] or missing["indexes"]:
             await self.close()
-            if missing is None:
-                raise DatabaseMissing(
-                    "The RethinkDB database %s does not exist: run --initdb" % (self.address,))
-            raise DatabaseMissing("The RethinkDB database %s has no %s table: run --initdb"
-                                  % (self.address, ", ".join(sorted(missing))))
+            if missing["database"]:
+                problem = "does not exist"
+            elif missing["tables"]:
+                problem = "has no %s table" % (", ".join(sorted(missing["tables"])),)
+            else:
+                problem = "lacks the index %s" % (", ".join(sorted(missing["indexes"])),)
+            raise DatabaseMissing("The RethinkDB database %s %s: run --initdb"
+                                  % (self.address, problem))
+
+    def _missing_schema(self) -> Any:
+        """``{"database": bool, "tables": [...], "indexes": ["table.index", ...]}``:
+        what is missing, as ReQL (indexes are looked at once every table exists)."""
+        r = self.r
+        database = r.db(self.address.database)
+        wanted = r.expr([[table, list(indexes)] for table, indexes in INDEXES.items()])
+        nothing: list[str] = []
+        return r.branch(
+            r.db_list().contains(self.address.database).not_(),
+            {"database": True, "tables": nothing, "indexes": nothing},
+            r.expr(list(ALL_TABLES)).set_difference(database.table_list()).do(
+                lambda tables: r.branch(
+                    tables.is_empty().not_(),
+                    {"database": False, "tables": tables, "indexes": nothing},
+                    {"database": False, "tables": nothing, "indexes": wanted.concat_map(
+                        lambda table: table[1].set_difference(
+                            database.table(table[0]).index_list(),
+                        ).map(lambda index: table[0].add(".", index)))},
+                )),
+        )
 
     async def close(self) -> None:
         """Close the connection."""
@@ -533,7 +579,7 @@ class RethinkDBStore:
             for name, (function, multi) in indexes.items():
                 if name not in present:
                     await self._run(self._table(table).index_create(
-                        name, lambda row, function=function: function(r, row), multi=multi))
+                        name, self._index_body(function), multi=multi))
             await self._run(self._table(table).index_wait())
             await self._run(self._table(table).wait())
         await self._run(self._table(SEQUENCES).insert(
@@ -543,6 +589,10 @@ class RethinkDBStore:
         self._generations.clear()
         self.log.info("store schema ready in rethinkdb {address} (dropped first: {drop})",
                       address=str(self.address), drop=drop)
+
+    def _index_body(self, function: IndexFunction) -> Callable[[Any], Any]:
+        # The driver counts a lambda's parameters: it must take the row alone.
+        return lambda row: function(self.r, row)
 
     # -- usernames ---------------------------------------------------------
 
@@ -628,7 +678,7 @@ class RethinkDBStore:
         except BaseException:
             await self._release_now(new, account_id)
             raise
-        await self._release_now(old, account_id)
+        await self._release_now(new if result.skipped else old, account_id)
         return result
 
     async def delete_account(self, account_id: str) -> WriteResult:
@@ -796,19 +846,18 @@ class RethinkDBStore:
         free = firings.get(firing_row["id"]).eq(None)
         if ids:
             free = free.and_(stored.get_all(*ids).count().eq(0))
-        inserts = {"firing": firings.insert(self._numbered(
-            "triggered_webhooks", [firing_row], self._owner(firing_row["registration_id"])))}
+        inserts = {"firing": self._insert_numbered(
+            "triggered_webhooks", [firing_row], self._owner(firing_row["registration_id"]))}
         if rows:
-            inserts["deliveries"] = stored.insert(
-                self._numbered("deliveries", rows), return_changes=True)
+            inserts["deliveries"] = self._insert_numbered("deliveries", rows, return_changes=True)
         options = {"array_limit": len(rows) + 1} if len(rows) >= 100_000 else {}
         results = await self._run(
             r.branch(free, inserts, r.error("a firing or delivery id already exists")),
             **options)
         if any(result["errors"] for result in results.values()):
             await self._undo_firing(firing_row["id"], results)
-            raise StoreError("firing %s: %s" % (firing_row["id"], " ".join(
-                str(result.get("first_error", "")) for result in results.values())))
+            raise StoreError("firing %s: %s" % (firing_row["id"], "; ".join(
+                write_error(result) for result in results.values() if result["errors"])))
 
     async def _undo_firing(self, firing_id: str, results: Mapping[str, Any]) -> None:
         """Delete what a failed ``insert_firing`` did store."""

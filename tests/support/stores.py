@@ -21,6 +21,7 @@ from pywebhooks.sqlitedb import SQLiteDatabase
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.memory import MemoryStore
 from pywebhooks.store.sqlite import SQLiteStore
+from tests.support.rethinkdb_server import rethinkdb_store
 
 
 @contextlib.asynccontextmanager
@@ -56,4 +57,5 @@ async def sqlite_store(directory: Path) -> AsyncIterator[IStore]:
 STORES: dict[str, Callable[[Path], AsyncContextManager[IStore]]] = {
     "memory": memory_store,
     "sqlite": sqlite_store,
+    "rethinkdb": rethinkdb_store,
 }
