@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from pywebhooks.api.accounts import AccountRoutes
 from pywebhooks.api.base import Dispatcher, router
 from pywebhooks.api.http import ApiError, error_response
+from pywebhooks.api.openapi import OpenAPIRoutes
 from pywebhooks.api.registrations import RegistrationRoutes
 from pywebhooks.api.resets import ResetRoutes
 from pywebhooks.api.subscriptions import SubscriptionRoutes
@@ -25,7 +26,12 @@ from pywebhooks.store.interface import IStore
 
 
 class PyWebhooksAPI(
-    AccountRoutes, ResetRoutes, RegistrationRoutes, SubscriptionRoutes, TriggerRoutes
+    AccountRoutes,
+    ResetRoutes,
+    RegistrationRoutes,
+    SubscriptionRoutes,
+    TriggerRoutes,
+    OpenAPIRoutes,
 ):
     """The ``/v1`` REST API.
 

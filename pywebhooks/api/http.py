@@ -8,6 +8,7 @@ checks, and authentication from the ``username``/``api-key`` headers.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
@@ -70,12 +71,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not JSON" % (name,))
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; ``1e400`` would be ``inf``, which is not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range: %s" % (text,))
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    """Raise ``ValueError`` if a string in ``value`` has an unpaired surrogate
+    (``"\\ud800"``): it cannot be stored or sent as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("unpaired surrogate") from None
+
+
 def read_body(request: IRequest, max_size: int) -> Any:
     """The JSON body of ``request``, or ``NO_BODY`` if it has none.
 
     413 beyond ``max_size`` bytes (declared or actually sent), 415 for a body
     whose Content-Type does not start with ``application/json``, 400 when it
-    does not parse.
+    does not parse or holds what JSON cannot carry back out (a number beyond
+    a double, an unpaired surrogate).
     """
     declared = _declared_length(request)
     if declared > max_size:
@@ -94,7 +113,9 @@ def read_body(request: IRequest, max_size: int) -> Any:
     if not content_type.startswith(JSON_TYPE):
         raise ApiError(415, "Unsupported Media Type")
     try:
-        return json.loads(data, parse_constant=_reject_constant)
+        value = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        _check_unicode(value)
+        return value
     except (ValueError, RecursionError):
         raise ApiError(400, "Invalid JSON body") from None
 
