@@ -113,6 +113,8 @@ class SQLiteDatabase:
 
     async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``function(connection)`` in one transaction on the database thread."""
+        if self._users <= 0:
+            raise StoreUnavailable("The database is closed")
         return await self._unavailable_on_error(self.run_raw(self._transaction, function))
 
     async def _unavailable_on_error(self, result: Awaitable[T]) -> T:

@@ -43,7 +43,7 @@ class PendingDelivery:
 
     def to_json(self) -> str:
         """Serialise for a ledger backend."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(vars(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PendingDelivery:
@@ -62,8 +62,10 @@ class ILedger(Interface):
     def close():
         """Disconnect."""
 
-    def add(entries):
-        """Durably add ``PendingDelivery`` entries (all or none)."""
+    def add(entries, leased_until=None):
+        """Durably add ``PendingDelivery`` entries (all or none); with
+        ``leased_until``, they are added already leased to the caller until
+        that time (the dispatcher sends them itself without a claim)."""
 
     def claim(now, limit, lease_seconds):
         """Atomically lease up to ``limit`` entries whose ``due <= now`` or whose

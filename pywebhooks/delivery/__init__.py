@@ -1,0 +1,1 @@
+"""Deliveries: signing, the HTTP deliverer, the retry scheduler and the fan-out."""

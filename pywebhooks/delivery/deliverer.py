@@ -1,0 +1,172 @@
+"""One delivery attempt: a signed POST and its outcome.
+
+Success is any 2xx within the request timeout.  A non-2xx answer (a
+redirect included: it is never followed), a timeout, a refused connection, a
+DNS or TLS failure all make a failed attempt; the deliverer never raises for
+them, it describes them in an ``AttemptOutcome``.  Only a cancellation from
+outside (the scheduler shutting down) propagates, as ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.error import SchemeNotSupported
+
+from pywebhooks.delivery.signing import signature_headers
+from pywebhooks.ledger.interface import PendingDelivery
+
+#: How much of a receiver's answer is read (and thrown away) before the
+#: connection is dropped instead of being returned to the pool.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+#: Longest error description kept in an attempt record.
+MAX_ERROR_LENGTH = 300
+
+#: Tolerance when telling our own timeout from a cancellation by the caller.
+_TIMER_SLACK = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptOutcome:
+    """What one attempt did: ``ok`` (a 2xx in time), the status code or an error."""
+
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration: float
+    at: float
+
+    def record(self, attempt: int) -> dict[str, Any]:
+        """The attempt record the store keeps (``IStore.record_attempt``)."""
+        return {
+            "attempt": attempt,
+            "at": self.at,
+            "ok": self.ok,
+            "status_code": self.status_code,
+            "error": self.error,
+            "duration": self.duration,
+        }
+
+
+class _DiscardBody(Protocol):
+    """Reads a response body into nowhere, dropping the connection past a cap."""
+
+    def __init__(self, limit: int) -> None:
+        self.finished: Deferred[None] = Deferred(self._cancel)
+        self._remaining = limit
+
+    def dataReceived(self, data: bytes) -> None:
+        self._remaining -= len(data)
+        if self._remaining < 0 and self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.finished.called:
+            self.finished.callback(None)
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+#: Where the exceptions of a failed TLS handshake or certificate check come from.
+_TLS_MODULES = frozenset({"OpenSSL", "service_identity"})
+
+#: Agent errors that wrap the failures that caused them (in ``.reasons``).
+_WRAPPERS = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
+
+
+def _reasons(failure_value: BaseException) -> list[BaseException]:
+    """The underlying exceptions of an Agent error (itself if it wraps none)."""
+    if isinstance(failure_value, _WRAPPERS):
+        found: list[BaseException] = []
+        for reason in failure_value.reasons:
+            found.extend(_reasons(reason.value))
+        return found or [failure_value]
+    return [failure_value]
+
+
+def describe_error(exception: BaseException, timeout: float) -> str:
+    """A short, secret-free description of why an attempt failed."""
+    for reason in _reasons(exception):
+        if isinstance(reason, (DeferredTimeoutError, net_error.TimeoutError, CancelledError,
+                               net_error.ConnectingCancelledError)):
+            return "timeout after %gs" % (timeout,)
+        if isinstance(reason, net_error.ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(reason, net_error.DNSLookupError):
+            return "DNS lookup failed"
+        if isinstance(reason, SchemeNotSupported):
+            return "unsupported URL scheme"
+        if type(reason).__module__.split(".")[0] in _TLS_MODULES or "certificate" in str(reason).lower():
+            return ("TLS error: %s" % (reason,))[:MAX_ERROR_LENGTH]
+        if isinstance(reason, (net_error.ConnectionLost, net_error.ConnectionDone)):
+            return "connection closed before the response"
+    first = _reasons(exception)[0]
+    return ("%s: %s" % (type(first).__name__, first))[:MAX_ERROR_LENGTH]
+
+
+class HTTPDeliverer:
+    """Makes delivery attempts with a shared treq client."""
+
+    def __init__(self, http_client: Any, clock: IReactorTime, timeout: float,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+        self._client = http_client
+        self._clock = clock
+        self._timeout = timeout
+        self._max_response_bytes = max_response_bytes
+
+    async def attempt(self, entry: PendingDelivery) -> AttemptOutcome:
+        """POST ``entry`` to its endpoint once; the outcome, never an exception
+        (except ``CancelledError`` when the caller cancels)."""
+        started = self._clock.seconds()
+        headers = signature_headers(entry.secret_key, entry.id, int(started), entry.body, entry.event)
+        statuses: list[int] = []
+        exchange = Deferred.fromCoroutine(self._exchange(entry, headers, statuses))
+        exchange.addTimeout(self._timeout, self._clock)
+        try:
+            await exchange
+        except Exception as failure:
+            if self._cancelled_from_outside(started, failure):
+                raise CancelledError() from failure
+            if not statuses:
+                error = describe_error(failure, self._timeout)
+                return AttemptOutcome(False, None, error, self._clock.seconds() - started, started)
+            # the answer came in time; only draining its body did not
+        status = statuses[0]
+        return AttemptOutcome(200 <= status < 300, status, None, self._clock.seconds() - started, started)
+
+    def _cancelled_from_outside(self, started: float, failure: Exception) -> bool:
+        """True when ``failure`` is a cancellation that no timeout of ours made."""
+        if self._clock.seconds() - started >= self._timeout - _TIMER_SLACK:
+            return False
+        return any(isinstance(reason, CancelledError) for reason in _reasons(failure))
+
+    async def _exchange(self, entry: PendingDelivery, headers: dict[str, str], statuses: list[int]) -> None:
+        """Send the request, note the answer's status code, drain its body."""
+        response = await self._client.post(
+            entry.endpoint,
+            data=entry.body.encode("utf-8"),
+            headers=headers,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self._clock,
+            timeout=self._timeout,
+        )
+        statuses.append(int(response.code))
+        body = _DiscardBody(self._max_response_bytes)
+        response.deliverBody(body)
+        await body.finished

@@ -1,0 +1,348 @@
+"""The retry scheduler: claims due deliveries from the ledger and attempts them.
+
+Due times live in the ledger, not in memory: the scheduler holds one timer
+(the next due time or the poll interval, whichever comes first) and at most
+``max_in_flight`` attempts.  Each round it claims (leases) as many due
+entries as it has free slots, so a million pending retries cost a million
+ledger rows and no ``IDelayedCall``.  The poll covers entries that other
+daemons sharing a Redis ledger add, and leases that lapse.
+
+After an attempt: the outcome goes to the store (attempt log and
+``failed_count``), then the entry leaves the ledger (success, or the last
+attempt) or is rescheduled after the next retry delay.  A crash anywhere
+leaves the entry in the ledger, leased at worst, so it is attempted again:
+at least once, always with the same delivery id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Awaitable, Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from pywebhooks.delivery.deliverer import AttemptOutcome
+from pywebhooks.errors import StoreUnavailable
+from pywebhooks.ledger.interface import PendingDelivery
+from pywebhooks.settings import Settings
+
+#: Seconds between looks at the ledger when nothing is due sooner.
+POLL_INTERVAL = 1.0
+
+#: Seconds before trying again after the ledger failed.
+RETRY_INTERVAL = 1.0
+
+#: Shortest timer, so that entries due "now" that could not be claimed yet
+#: never make a busy loop.
+MIN_DELAY = 0.01
+
+
+class DeliveryScheduler(Service):
+    """Attempts pending deliveries when they are due, with capped concurrency."""
+
+    log = Logger()
+    name = "delivery-scheduler"
+
+    def __init__(self, clock: IReactorTime, ledger: Any, store: Any, deliverer: Any,
+                 settings: Settings, *, poll_interval: float = POLL_INTERVAL,
+                 retry_interval: float = RETRY_INTERVAL) -> None:
+        self._clock = clock
+        self._ledger = ledger
+        self._store = store
+        self._deliverer = deliverer
+        self._settings = settings
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._timer: IDelayedCall | None = None
+        #: ids of the deliveries being attempted (request, then bookkeeping)
+        self._in_flight: set[str] = set()
+        #: delivery id -> the Deferred of its HTTP request, while it runs
+        self._requests: dict[str, Deferred[AttemptOutcome]] = {}
+        self._pumping = False
+        self._pump_again = False
+        #: True when the last claim may have left due entries behind
+        self._backlog = False
+        self._idle_waiters: list[Deferred[None]] = []
+        self._background: set[Deferred[None]] = set()
+        #: attempts made (and settled) since this scheduler was created
+        self.attempts_made = 0
+
+    # -- the Service --------------------------------------------------------
+
+    def startService(self) -> None:
+        """Start claiming what is due (everything overdue goes out at once)."""
+        super().startService()
+        self.wake()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop claiming, wait up to ``shutdown_grace`` for attempts in flight,
+        then abandon the rest (their entries stay in the ledger, released)."""
+        super().stopService()
+        self._cancel_timer()
+        return Deferred.fromCoroutine(self._drain())
+
+    async def _drain(self) -> None:
+        """Wait for attempts (``shutdown_grace``), then cancel what is left and
+        release its leases (within one more grace period at most)."""
+        grace = self._settings.shutdown_grace
+        if not await self._wait_idle(grace):
+            abandoned = list(self._requests)
+            self.log.warn("shutting down with {count} deliveries in flight; they stay pending",
+                          count=len(abandoned))
+            for request in list(self._requests.values()):
+                request.cancel()
+            deadline = self._clock.seconds() + grace
+            await self._wait_idle(grace)
+            release = Deferred.fromCoroutine(self._release(abandoned))
+            await self._bounded(release, max(0.0, deadline - self._clock.seconds()))
+        else:
+            deadline = self._clock.seconds() + grace
+        # anything still running in the background (a release of unstarted entries)
+        for pending in list(self._background):
+            await self._bounded(pending, max(0.0, deadline - self._clock.seconds()))
+
+    async def _bounded(self, waited: Deferred[Any], seconds: float) -> bool:
+        """Wait for ``waited`` at most ``seconds`` without cancelling it; True if it fired."""
+        done: Deferred[None] = Deferred()
+
+        def fire(result: object = None) -> object:
+            if not done.called:
+                done.callback(None)
+            return result
+
+        waited.addBoth(fire)
+        timeout = self._clock.callLater(seconds, fire)
+        await done
+        if timeout.active():
+            timeout.cancel()
+        return bool(waited.called)
+
+    async def _wait_idle(self, seconds: float) -> bool:
+        """True once nothing is in flight, or False after ``seconds``."""
+        if self._is_idle():
+            return True
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return await self._bounded(waiter, seconds)
+
+    def _is_idle(self) -> bool:
+        return not self._in_flight and not self._pumping
+
+    def _check_idle(self) -> None:
+        if self._is_idle() and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    @property
+    def in_flight(self) -> int:
+        """How many attempts are in progress."""
+        return len(self._in_flight)
+
+    # -- claiming ---------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look at the ledger now (call after adding entries that are due)."""
+        if not self.running:
+            return
+        if self._pumping:
+            self._pump_again = True
+            return
+        Deferred.fromCoroutine(self._pump())
+
+    def submit(self, entries: list[PendingDelivery]) -> None:
+        """Attempt entries the caller has just added *already leased* to it
+        (``ledger.add(entries, leased_until=...)``): as many as there are free
+        slots start at once, the others are released to be claimed in turn."""
+        free = self._free_slots() if self.running else 0
+        for entry in entries[:free]:
+            self._start(entry)
+        rest = [entry.id for entry in entries[free:]]
+        if rest:
+            self._backlog = True
+            self._in_background(self._release_then_wake(rest))
+
+    async def _release_then_wake(self, delivery_ids: list[str]) -> None:
+        await self._release(delivery_ids)
+        self.wake()
+
+    def _free_slots(self) -> int:
+        return self._settings.max_in_flight - len(self._in_flight)
+
+    async def _pump(self) -> None:
+        """Claim and start what is due, then set the timer; never raises."""
+        self._pumping = True
+        try:
+            while self.running:
+                self._pump_again = False
+                await self._claim_all()
+                if self.running and not self._pump_again:
+                    await self._arm()
+                if not self._pump_again:
+                    break
+        except StoreUnavailable as error:
+            self.log.warn("ledger unavailable, retrying in {delay}s: {error}",
+                          delay=self._retry_interval, error=str(error))
+            self._set_timer(self._clock.seconds() + self._retry_interval)
+        except Exception:
+            self.log.failure("delivery scheduler round failed; retrying in {delay}s",
+                             delay=self._retry_interval)
+            self._set_timer(self._clock.seconds() + self._retry_interval)
+        finally:
+            self._pumping = False
+            self._check_idle()
+
+    async def _claim_all(self) -> None:
+        """Claim due entries until the slots are full or nothing more is due."""
+        while self.running:
+            free = self._free_slots()
+            if free <= 0:
+                self._backlog = True
+                return
+            entries = await self._ledger.claim(self._clock.seconds(), free, self._settings.lease_seconds)
+            if not self.running:
+                await self._release(entry.id for entry in entries)
+                return
+            for entry in entries:
+                self._start(entry)
+            self._backlog = len(entries) >= free
+            if not self._backlog:
+                return
+
+    async def _arm(self) -> None:
+        """Set the one timer to the next due time, or the poll interval.
+
+        With every slot busy there is no timer: each finishing attempt
+        claims again.
+        """
+        if self._free_slots() <= 0:
+            return
+        next_due = await self._ledger.next_due()
+        if not self.running:
+            return
+        now = self._clock.seconds()
+        when = now + self._poll_interval
+        if next_due is not None:
+            when = min(when, max(next_due, now + MIN_DELAY))
+        self._set_timer(when)
+
+    def _set_timer(self, when: float) -> None:
+        if not self.running:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.wake()
+
+    # -- attempts ---------------------------------------------------------
+
+    def _start(self, entry: PendingDelivery) -> None:
+        if entry.id in self._in_flight:
+            return
+        self._in_flight.add(entry.id)
+        Deferred.fromCoroutine(self._deliver(entry))
+
+    async def _deliver(self, entry: PendingDelivery) -> None:
+        """Make one attempt and record it; never raises."""
+        try:
+            request = Deferred.fromCoroutine(self._deliverer.attempt(entry))
+            if not request.called:
+                self._requests[entry.id] = request
+            try:
+                outcome = await request
+            finally:
+                self._requests.pop(entry.id, None)
+            await self._settle(entry, outcome)
+        except CancelledError:
+            pass  # shutting down: the entry is released by _drain
+        except Exception:
+            self.log.failure("delivery {delivery_id} attempt {attempt} crashed",
+                             delivery_id=entry.id, attempt=entry.attempt + 1)
+        finally:
+            self._in_flight.discard(entry.id)
+            if self._backlog:
+                self.wake()
+            self._check_idle()
+
+    async def _settle(self, entry: PendingDelivery, outcome: AttemptOutcome) -> None:
+        """Record the outcome, then finish or reschedule the ledger entry."""
+        self.attempts_made += 1
+        number = entry.attempt + 1
+        delays = self._settings.retry_delays
+        final = outcome.ok or number > len(delays)
+        if not outcome.ok:
+            # Successes are not logged: the store has their record, and on the
+            # hot path a log event costs a noticeable share of an attempt.
+            self._log_failure(entry, number, outcome, final)
+        try:
+            await self._store.record_attempt(entry.id, entry.account_id, outcome.record(number), final)
+        except Exception as error:
+            self.log.warn("could not record attempt {attempt} of delivery {delivery_id}: {error}",
+                          attempt=number, delivery_id=entry.id, error=str(error))
+        if final:
+            await self._update_ledger(entry, outcome, lambda: self._ledger.finish(entry.id))
+        else:
+            due = self._clock.seconds() + delays[number - 1]
+            retry = dataclasses.replace(entry, attempt=number, due=due)
+            if await self._update_ledger(entry, outcome, lambda: self._ledger.reschedule(retry)):
+                self._set_timer(due)
+
+    async def _update_ledger(self, entry: PendingDelivery, outcome: AttemptOutcome,
+                             update: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``update``, retrying while the ledger is unavailable and the
+        lease still holds; True once it is done.  When it cannot be done the
+        lease lapses and the attempt is made again: at least once."""
+        deadline = outcome.at + self._settings.lease_seconds - self._retry_interval
+        while True:
+            try:
+                await update()
+                return True
+            except StoreUnavailable as error:
+                if not self.running or self._clock.seconds() + self._retry_interval >= deadline:
+                    self.log.warn("ledger update of delivery {delivery_id} failed: {error}",
+                                  delivery_id=entry.id, error=str(error))
+                    return False
+            await deferLater(self._clock, self._retry_interval, lambda: None)
+
+    def _log_failure(self, entry: PendingDelivery, number: int, outcome: AttemptOutcome,
+                     final: bool) -> None:
+        self.log.info(
+            "delivery {delivery_id} attempt {attempt} to account {account_id} failed"
+            " ({status}{error}){final}",
+            delivery_id=entry.id, attempt=number, account_id=entry.account_id,
+            status=outcome.status_code or "", error=outcome.error or "",
+            final="; giving up" if final else "",
+        )
+
+    # -- background work ----------------------------------------------------
+
+    async def _release(self, delivery_ids: Iterable[str]) -> None:
+        """Release leases, logging (not raising) a ledger failure."""
+        ids = list(delivery_ids)
+        if not ids:
+            return
+        try:
+            await self._ledger.release(ids)
+        except Exception as error:
+            self.log.warn("could not release {count} leases (they lapse on their own): {error}",
+                          count=len(ids), error=str(error))
+
+    def _in_background(self, work: Any) -> None:
+        task = Deferred.fromCoroutine(work)
+        if not task.called:
+            self._background.add(task)
+            task.addBoth(lambda _: self._background.discard(task))

@@ -1,0 +1,59 @@
+"""The one outbound HTTP client of the daemon (deliveries, echo challenges, key resets).
+
+Built once and injected: a persistent connection pool sized for fan-out
+(Twisted's default keeps only 2 idle connections per host), an ``Agent``
+that verifies TLS certificates against the system's trust roots, and no
+redirect handling (``Agent`` never follows one; callers also pass
+``allow_redirects=False`` to treq).  Every Agent of the daemon is built by
+``make_agent`` so that a connect-time address policy can be added in one
+place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
+
+from pywebhooks.settings import Settings
+
+#: Seconds an idle persistent connection is kept open.
+IDLE_CONNECTION_TIMEOUT = 60.0
+
+
+def make_connection_pool(reactor: Any, settings: Settings) -> HTTPConnectionPool:
+    """A persistent pool keeping up to ``max_in_flight`` idle connections per host.
+
+    Whoever owns it calls ``closeCachedConnections()`` when stopping.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(2, settings.max_in_flight)
+    pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+    return pool
+
+
+def make_agent(
+    reactor: Any,
+    settings: Settings,
+    pool: HTTPConnectionPool | None = None,
+    tls_policy: IPolicyForHTTPS | None = None,
+) -> IAgent:
+    """The Agent every outbound request goes through (verifies TLS, no redirects)."""
+    return Agent(
+        reactor,
+        contextFactory=tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS(),
+        connectTimeout=settings.request_timeout,
+        pool=pool if pool is not None else make_connection_pool(reactor, settings),
+    )
+
+
+def make_http_client(
+    reactor: Any,
+    settings: Settings,
+    pool: HTTPConnectionPool | None = None,
+    tls_policy: IPolicyForHTTPS | None = None,
+) -> HTTPClient:
+    """A treq ``HTTPClient`` over ``make_agent``; pass ``pool`` to close it later."""
+    return HTTPClient(make_agent(reactor, settings, pool, tls_policy))

@@ -1,0 +1,126 @@
+"""One delivery attempt against real servers on 127.0.0.1: what counts as a success."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+
+from pywebhooks.delivery.deliverer import HTTPDeliverer
+from pywebhooks.httpclient import make_connection_pool, make_http_client
+from pywebhooks.ledger.interface import PendingDelivery
+from pywebhooks.settings import Settings
+from tests.support.deliveries import logged_errors  # noqa: F401
+from tests.support.receiver import Receiver
+
+pytestmark = pytest.mark.usefixtures("logged_errors")
+
+TIMEOUT = 0.5
+
+
+def reactor() -> Any:
+    """The running reactor."""
+    from twisted.internet import reactor as running
+
+    return running
+
+
+class _Scripted(Protocol):
+    """Answers every request with a fixed byte string, then keeps the connection open."""
+
+    answer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data and self.answer:
+            self.transport.write(self.answer)  # type: ignore[union-attr]
+            self.answer = b""
+
+
+@pytest_twisted.async_yield_fixture
+async def deliverer() -> AsyncIterator[HTTPDeliverer]:
+    """A deliverer with a real pooled client and a 0.5 s timeout."""
+    settings = Settings(request_timeout=TIMEOUT)
+    pool = make_connection_pool(reactor(), settings)
+    client = make_http_client(reactor(), settings, pool)
+    yield HTTPDeliverer(client, reactor(), TIMEOUT, max_response_bytes=1024)
+    await pool.closeCachedConnections()
+
+
+@pytest_twisted.async_yield_fixture
+async def scripted() -> AsyncIterator[Any]:
+    """Starts servers that send a scripted answer; stopped afterwards."""
+    ports: list[IListeningPort] = []
+
+    async def serve(answer: bytes) -> str:
+        factory = Factory.forProtocol(type("Answer", (_Scripted,), {"answer": answer}))
+        port = await TCP4ServerEndpoint(reactor(), 0, interface="127.0.0.1").listen(factory)
+        ports.append(port)
+        return "http://127.0.0.1:%d/hook" % (port.getHost().port,)
+
+    yield serve
+    for port in ports:
+        await port.stopListening()
+
+
+def entry(endpoint: str) -> PendingDelivery:
+    """A delivery to ``endpoint``."""
+    return PendingDelivery("delivery-id", "firing-id", "account-id", endpoint, "k" * 40, "push", '{"a": 1}')
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_2xx_whose_body_never_ends_is_still_a_success(
+        deliverer: HTTPDeliverer, scripted: Any) -> None:
+    """A receiver that answers 200 in time but never finishes its body has been delivered to."""
+    url = await scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nstarted")
+    outcome = await deliverer.attempt(entry(url))
+    assert (outcome.ok, outcome.status_code, outcome.error) == (True, 200, None)
+    assert TIMEOUT - 0.01 <= outcome.duration < TIMEOUT + 0.4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_huge_answer_is_not_read_to_the_end(deliverer: HTTPDeliverer) -> None:
+    """A receiver answering megabytes costs only the capped read; the attempt still succeeds."""
+    receiver = Receiver(reactor())
+    await receiver.start()
+    try:
+        receiver.behave("/big", status=202, body=b"x" * (8 * 1024 * 1024))
+        started = time.monotonic()
+        outcome = await deliverer.attempt(entry(receiver.url("/big")))
+        assert (outcome.ok, outcome.status_code) == (True, 202)
+        assert time.monotonic() - started < TIMEOUT
+    finally:
+        await receiver.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_attempt_is_not_a_failed_one(deliverer: HTTPDeliverer, scripted: Any) -> None:
+    """Cancelling an attempt (shutdown) raises CancelledError instead of reporting a failure."""
+    url = await scripted(b"")
+    attempt = Deferred.fromCoroutine(deliverer.attempt(entry(url)))
+    reactor().callLater(0.1, attempt.cancel)
+    with pytest.raises(CancelledError):
+        await attempt
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_endpoint_is_a_failed_attempt(deliverer: HTTPDeliverer) -> None:
+    """An endpoint that is not an http(s) URL fails the attempt without raising."""
+    for endpoint, error in (("ftp://127.0.0.1/x", "unsupported URL scheme"), ("", "ValueError")):
+        outcome = await deliverer.attempt(entry(endpoint))
+        assert (outcome.ok, outcome.status_code) == (False, None)
+        assert error in (outcome.error or "")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_garbled_answer_is_a_failed_attempt(deliverer: HTTPDeliverer, scripted: Any) -> None:
+    """A receiver that does not speak HTTP fails the attempt, with the reason recorded."""
+    url = await scripted(b"SSH-2.0-OpenSSH\r\n\r\n")
+    outcome = await deliverer.attempt(entry(url))
+    assert (outcome.ok, outcome.status_code) == (False, None)
+    assert outcome.error

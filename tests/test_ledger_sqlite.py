@@ -1,0 +1,70 @@
+"""What only the embedded SQLite ledger does: group commit, sharing the store's file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest_twisted
+from twisted.internet.defer import ensureDeferred, gatherResults
+
+from pywebhooks.ledger.sqlite import SQLiteLedger
+from pywebhooks.sqlitedb import SQLiteDatabase
+from tests.support.ledgers import running_reactor
+from tests.test_ledger_behaviour import LEASE, T, entry
+
+
+class CountingDatabase(SQLiteDatabase):
+    """A SQLiteDatabase that counts its transactions."""
+
+    transactions = 0
+
+    async def run(self, function: Callable[[sqlite3.Connection], Any]) -> Any:
+        self.transactions += 1
+        return await super().run(function)
+
+
+@pytest_twisted.ensureDeferred
+async def test_finishes_and_reschedules_are_group_committed(tmp_path: Path) -> None:
+    """Hundreds of finishes and reschedules issued together take a handful of transactions."""
+    database = CountingDatabase(running_reactor(), str(tmp_path / "ledger.sqlite3"))
+    ledger = SQLiteLedger(database)
+    await ledger.open()
+    try:
+        added = [entry(T) for _ in range(400)]
+        await ledger.add(added)
+        claimed = await ledger.claim(T, 400, LEASE)
+        before = database.transactions
+        writes = [ensureDeferred(ledger.finish(item.id)) for item in claimed[:200]]
+        for item in claimed[200:]:
+            item.attempt, item.due = 1, T + 120
+            writes.append(ensureDeferred(ledger.reschedule(item)))
+        await gatherResults(writes)
+        assert database.transactions - before <= 3
+        assert await ledger.count() == 200
+        assert len(await ledger.claim(T + 120, 400, LEASE)) == 200
+    finally:
+        await ledger.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shares_the_file_with_the_store(tmp_path: Path) -> None:
+    """The ledger can live in the store's own database (one file, one thread)."""
+    from pywebhooks.store.sqlite import SQLiteStore
+
+    database = SQLiteDatabase(running_reactor(), str(tmp_path / "pywebhooks.sqlite3"))
+    store = SQLiteStore(database)
+    await store.initialize(drop=True)
+    ledger = SQLiteLedger(database)
+    await ledger.open()
+    try:
+        await ledger.add([entry(T)])
+        assert await store.count_accounts() == 0
+        assert await ledger.count() == 1
+    finally:
+        await ledger.close()
+        await store.close()
+    with sqlite3.connect(database.path) as check:
+        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "pending_deliveries" in tables and "accounts" in tables
