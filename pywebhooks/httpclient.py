@@ -6,7 +6,7 @@ that verifies TLS certificates against the system's trust roots, and no
 redirect handling (``Agent`` never follows one; callers also pass
 ``allow_redirects=False`` to treq).  Every Agent of the daemon is built by
 ``make_agent`` so that a connect-time address policy can be added in one
-place.
+place: the connect-time target policy of ``guarded_agent``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 
+from pywebhooks import guarded_agent
 from pywebhooks.settings import Settings
+from pywebhooks.targets import TargetPolicy
 
 #: Seconds an idle persistent connection is kept open.
 IDLE_CONNECTION_TIMEOUT = 60.0
@@ -40,12 +42,15 @@ def make_agent(
     pool: HTTPConnectionPool | None = None,
     tls_policy: IPolicyForHTTPS | None = None,
 ) -> IAgent:
-    """The Agent every outbound request goes through (verifies TLS, no redirects)."""
-    return Agent(
+    """The Agent every outbound request goes through: each connection is checked
+    against the target policy after DNS resolution, TLS is verified, and
+    redirects are never followed."""
+    return guarded_agent.make_agent(
         reactor,
-        contextFactory=tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS(),
-        connectTimeout=settings.request_timeout,
-        pool=pool if pool is not None else make_connection_pool(reactor, settings),
+        pool if pool is not None else make_connection_pool(reactor, settings),
+        TargetPolicy.with_defaults(settings.deny_targets, settings.allow_targets),
+        settings.request_timeout,
+        tls_policy=tls_policy,
     )
 
 

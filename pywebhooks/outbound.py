@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from pywebhooks.guarded_agent import TargetRefused
 from pywebhooks.keys import generate_key
 
 #: The most bytes read from an endpoint's answer.
@@ -136,7 +137,9 @@ class EndpointClient:
         exchange.addTimeout(self._timeout, self._clock)
         try:
             return await exchange
-        except Exception as error:  # every failure is "the endpoint failed"
+        except TargetRefused:
+            raise
+        except Exception as error:  # every other failure is "the endpoint failed"
             self.log.info(
                 "{purpose} to {endpoint} failed: {error}",
                 purpose=purpose,

@@ -32,7 +32,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from pywebhooks.accounts import create_admin
 from pywebhooks.api import PyWebhooksAPI
@@ -48,6 +47,7 @@ from pywebhooks.settings import Settings
 from pywebhooks.sqlitedb import SQLiteDatabase, sqlite_path
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.sqlite import SQLiteStore
+from pywebhooks.web import GuardedSite
 
 #: The embedded ledger's file (in the working directory) when the store is
 #: RethinkDB and no Redis is configured.
@@ -250,7 +250,10 @@ class PyWebhooksService(MultiService):
     async def _start_listening(self) -> None:
         endpoint = serverFromString(self._reactor, self.settings.listen)
         try:
-            self.port = await endpoint.listen(Site(self.api.resource()))
+            self.port = await endpoint.listen(GuardedSite(
+                self.api.resource(), self.settings.client_timeout, self.settings.max_body_size,
+                reactor=self._reactor,
+            ))
         except CannotListenError as error:
             raise StartupError("cannot listen on %s: %s" % (self.settings.listen, error)) from error
         self._cleanups.push("listening port", self._stop_listening)

@@ -28,3 +28,11 @@ class Settings:
     shutdown_grace: float = 5.0
     max_registrations_per_account: int = 1000
     max_subscriptions_per_account: int = 10000
+    #: CIDR networks outbound calls may never reach, on top of the built-in
+    #: link-local, metadata and unspecified addresses (``private`` adds
+    #: loopback and the private ranges).
+    deny_targets: tuple[str, ...] = ()
+    #: CIDR networks allowed even when a deny entry covers them.
+    allow_targets: tuple[str, ...] = ()
+    #: Seconds a client may take to send its request before it is dropped.
+    client_timeout: float = 30.0

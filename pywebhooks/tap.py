@@ -35,6 +35,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from pywebhooks.settings import Settings
+from pywebhooks.targets import TargetPolicy, parse_cidr_list
 
 #: The section of the configuration file that holds the options.
 CONFIG_SECTION = "pywebhooks"
@@ -89,6 +90,10 @@ def _positive_integer(text: str) -> int:
     if value < 1:
         raise ValueError("must be 1 or more, not %r" % (text,))
     return value
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    return tuple(parse_cidr_list(text))
 
 
 def _delays(text: str) -> tuple[float, ...]:
@@ -164,6 +169,9 @@ _COERCIONS: dict[str, Callable[[str], Any]] = {
     "shutdown-grace": _non_negative_number,
     "max-registrations-per-account": _positive_integer,
     "max-subscriptions-per-account": _positive_integer,
+    "deny-targets": _targets,
+    "allow-targets": _targets,
+    "client-timeout": _positive_number,
 }
 
 
@@ -210,6 +218,12 @@ class _CommandLine(usage.Options):
          "Most registrations one account may own."],
         ["max-subscriptions-per-account", None, str(_DEFAULTS.max_subscriptions_per_account),
          "Most subscriptions one account may hold."],
+        ["deny-targets", None, "",
+         "Comma-separated CIDR networks that outbound calls may never reach, added to the built-in "
+         "link-local/metadata/unspecified list; 'private' adds loopback and the private ranges."],
+        ["allow-targets", None, "", "Comma-separated CIDR networks allowed even if a deny entry covers them."],
+        ["client-timeout", None, "%g" % (_DEFAULTS.client_timeout,),
+         "Seconds a client may take to send a request before the connection is dropped."],
     ]
 
     def postOptions(self) -> None:
@@ -264,6 +278,10 @@ class Options(_CommandLine):
                 "still running could otherwise be taken over and sent twice"
                 % (self["lease-seconds"], self["request-timeout"])
             )
+        try:
+            TargetPolicy.with_defaults(self["deny-targets"], self["allow-targets"])
+        except ValueError as error:
+            raise usage.UsageError("--allow-targets/--deny-targets: %s" % (error,)) from None
 
     def _config_path(self, command_line: list[str]) -> str | None:
         """``--config`` from the command line, else ``PYWEBHOOKS_CONFIG``."""

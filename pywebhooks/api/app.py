@@ -19,6 +19,7 @@ from pywebhooks.api.resets import ResetRoutes
 from pywebhooks.api.subscriptions import SubscriptionRoutes
 from pywebhooks.api.triggers import TriggerRoutes
 from pywebhooks.errors import StoreUnavailable
+from pywebhooks.guarded_agent import TargetRefused
 from pywebhooks.outbound import EndpointClient
 from pywebhooks.ratelimit import RateLimiter
 from pywebhooks.settings import Settings
@@ -87,6 +88,12 @@ class PyWebhooksAPI(
             method=request.method, path=request.path, error=str(failure.value),
         )
         return error_response(request, ApiError(503, "Service temporarily unavailable, try again"))
+
+    @router.handle_errors(TargetRefused)
+    def _target_refused(self, request: IRequest, failure: Failure) -> bytes:
+        # The echo challenge or a key reset was about to reach an address the
+        # outbound target policy forbids: nothing was sent, nothing is stored.
+        return error_response(request, ApiError(400, "Endpoint not allowed: %s" % (failure.value.reason,)))
 
     @router.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:

@@ -26,6 +26,7 @@ from twisted.web.client import (
 from twisted.web.error import SchemeNotSupported
 
 from pywebhooks.delivery.signing import signature_headers
+from pywebhooks.guarded_agent import TargetRefused
 from pywebhooks.ledger.interface import PendingDelivery
 
 #: How much of a receiver's answer is read (and thrown away) before the
@@ -102,6 +103,8 @@ def _reasons(failure_value: BaseException) -> list[BaseException]:
 def describe_error(exception: BaseException, timeout: float) -> str:
     """A short, secret-free description of why an attempt failed."""
     for reason in _reasons(exception):
+        if isinstance(reason, TargetRefused):
+            return str(reason)[:MAX_ERROR_LENGTH]
         if isinstance(reason, (DeferredTimeoutError, net_error.TimeoutError, CancelledError,
                                net_error.ConnectingCancelledError)):
             return "timeout after %gs" % (timeout,)
