@@ -1,0 +1,116 @@
+"""Benchmark 4: authenticated API requests under load (triggers and lists).
+
+One daemon, a fast receiver, an owner account with one registration and
+``--subscribers`` subscriptions (every trigger makes that many deliveries
+while the load runs).  ``bench/loadgen.py`` (a separate open-loop process)
+sends, alternately, ``POST /v1/webhook/triggered/<id>`` and
+``GET /v1/webhook/triggered?start=0&limit=10``, both with ``username`` and
+``api-key``:
+
+1. at ``--rate`` (500 req/s) for ``--seconds``: p50/p99 against the 20 ms target;
+2. at rising rates (``--steps``) for ``--step-seconds`` each: the max
+   sustained rate = the highest rate achieved (>= 95 %) with p99 <= 20 ms;
+3. ``wrk`` (closed loop, ``--wrk-connections``) on the list alone, for its maximum.
+
+    .venv/bin/python bench/api_load.py [--rate 500 --seconds 10 --ledger sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from typing import Any
+
+import harness
+from harness import progress
+
+TARGET_P99_MS = 20.0
+
+
+def loadgen(port: int, account: dict[str, Any], registration_id: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Run ``bench/loadgen.py`` once (blocking); its figures."""
+    command = [sys.executable, str(harness.REPO_ROOT / "bench" / "loadgen.py"), "--port", str(port),
+               "--rate", str(rate), "--seconds", str(seconds),
+               "--header", "username:" + account["username"], "--header", "api-key:" + account["api_key"],
+               "--request", "POST", "/v1/webhook/triggered/" + registration_id,
+               "--request", "GET", "/v1/webhook/triggered?start=0&limit=10"]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    if output.returncode != 0:
+        raise RuntimeError(output.stderr)
+    return dict(json.loads(output.stdout.strip().splitlines()[-1]))
+
+
+async def main(reactor: Any) -> None:
+    """Set up, load, step, summarise."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--steps", default="100,250,500,750,1000")
+    parser.add_argument("--step-seconds", type=float, default=5)
+    parser.add_argument("--subscribers", type=int, default=1)
+    parser.add_argument("--wrk-connections", type=int, default=10)
+    parser.add_argument("--wrk-seconds", type=float, default=5)
+    parser.add_argument("--ledger", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--profile", action="store_true", help="py-spy the daemon during the main run")
+    arguments = parser.parse_args()
+    directory = harness.workdir("api")
+    receiver = harness.start_receiver()
+    options: list[str] = []
+    if arguments.ledger == "redis":
+        options += ["--redis", harness.start_redis(directory).url]
+    daemon = await harness.start_daemon(reactor, directory / "daemon", *options)
+    api = daemon.api()
+    owner, registration_id = await harness.make_fanout(
+        api, daemon.admin, lambda i: receiver.url("/hook/%d" % (i,)), 1, arguments.subscribers)
+    pid = daemon.process.pid  # type: ignore[union-attr]
+
+    progress("loadgen: %g req/s for %gs (trigger + list, authenticated)", arguments.rate, arguments.seconds)
+    profile = directory / "pyspy.txt"
+    spy = harness.start_pyspy(pid, profile, arguments.seconds) if arguments.profile else None
+    main_run = loadgen(daemon.port, owner, registration_id, arguments.rate, arguments.seconds)
+    if spy is not None:
+        spy.wait()
+        for share, name in harness.top_self_time(profile):
+            progress("  profile %5.1f%% %s", 100 * share, name)
+    await harness.sleep(reactor, 2)  # let the deliveries of the main run finish before the steps
+    progress("at %g req/s: achieved %s, p50 %s ms, p99 %s ms, statuses %s", arguments.rate,
+             main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"], main_run["statuses"])
+
+    steps = []
+    best = 0.0
+    for rate in [float(step) for step in arguments.steps.split(",") if step]:
+        result = loadgen(daemon.port, owner, registration_id, rate, arguments.step_seconds)
+        steps.append(result)
+        ok = result["p99_ms"] is not None and result["p99_ms"] <= TARGET_P99_MS \
+            and result["achieved_rate"] >= 0.95 * rate and not result["errors"]
+        progress("step %g req/s: achieved %s, p50 %s ms, p99 %s ms%s", rate, result["achieved_rate"],
+                 result["p50_ms"], result["p99_ms"], "" if ok else "  (over target)")
+        if ok:
+            best = max(best, rate)
+        else:
+            break
+
+    progress("wrk on the list endpoint: %d connections, %gs", arguments.wrk_connections, arguments.wrk_seconds)
+    wrk = harness.run_wrk(daemon.url("/v1/webhook/triggered?start=0&limit=10"), arguments.wrk_connections,
+                          arguments.wrk_seconds, headers={"username": owner["username"], "api-key": owner["api_key"]})
+    rss = harness.rss_mb(pid)
+    await daemon.terminate(timeout=30)
+    wrk.pop("output", None)
+    harness.summary("api_load", [
+        "at %g req/s (50%% trigger, 50%% list, auth): achieved %s req/s, p50 %s ms, p99 %s ms "
+        "(target p99 <= %g ms), max %s ms, statuses %s"
+        % (arguments.rate, main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"], TARGET_P99_MS,
+           main_run["max_ms"], main_run["statuses"]),
+        "max sustained rate with p99 <= %g ms: %g req/s (steps: %s)"
+        % (TARGET_P99_MS, best, ", ".join("%g->p99 %s" % (s["target_rate"], s["p99_ms"]) for s in steps)),
+        "wrk, list only, %d connections: %s req/s, p50 %s ms, p99 %s ms"
+        % (arguments.wrk_connections, wrk.get("requests_per_s"), wrk.get("p50_ms"), wrk.get("p99_ms")),
+        "daemon RSS at the end: %.0f MB" % (rss,),
+    ], {"args": vars(arguments), "main": main_run, "steps": steps, "max_sustained_rate": best,
+        "wrk_list": wrk, "rss_mb": round(rss, 1)})
+
+
+if __name__ == "__main__":
+    harness.run(main)

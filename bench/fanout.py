@@ -1,0 +1,70 @@
+"""Benchmark 2: one firing fanned out to many slow receivers.
+
+``--subscriptions`` (10,000) subscriptions to one registration, spread over
+``--accounts`` subscriber accounts whose endpoints (one ``bench/receiver.py``
+process, a path per account) answer every POST after ``--delay`` (0.1 s).
+One trigger; the time to the last receiver ack is compared with the ideal
+for the in-flight cap: ``ceil(subscriptions / max_in_flight) * delay``.
+The daemon's RSS is sampled throughout (before the trigger = baseline).
+
+    .venv/bin/python bench/fanout.py [--subscriptions 10000 --max-in-flight 100 --ledger sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+import harness
+from harness import progress
+
+
+async def main(reactor: Any) -> None:
+    """Set up, fire once, measure."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscriptions", type=int, default=10000)
+    parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument("--delay", type=float, default=0.1)
+    parser.add_argument("--max-in-flight", type=int, default=100)
+    parser.add_argument("--ledger", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--timeout", type=float, default=600)
+    arguments = parser.parse_args()
+    directory = harness.workdir("fanout")
+    receiver = harness.start_receiver(delay=arguments.delay)
+    options = ["--max-in-flight", str(arguments.max_in_flight)]
+    if arguments.ledger == "redis":
+        options += ["--redis", harness.start_redis(directory).url]
+    daemon = await harness.start_daemon(reactor, directory / "daemon", *options)
+    api = daemon.api()
+    owner, registration_id = await harness.make_fanout(
+        api, daemon.admin, lambda i: receiver.url("/slow/%d" % (i,)), arguments.accounts,
+        arguments.subscriptions, concurrency=32)
+    receiver.reset()
+    pid = daemon.process.pid  # type: ignore[union-attr]
+    baseline = harness.rss_mb(pid)
+    sampler = harness.RssSampler(reactor, pid, 0.1)
+    progress("firing once to %d subscriptions (receivers answer after %gs, cap %d in flight)",
+             arguments.subscriptions, arguments.delay, arguments.max_in_flight)
+    fired = time.time()
+    await api.trigger(owner, registration_id)
+    answered = time.time() - fired
+    posts, last = await harness.wait_for_posts(reactor, [receiver], arguments.subscriptions, arguments.timeout)
+    peak = sampler.stop()
+    await daemon.terminate(timeout=30)
+    elapsed = last - fired
+    ideal = math.ceil(arguments.subscriptions / arguments.max_in_flight) * arguments.delay
+    ratio = elapsed / ideal
+    harness.summary("fanout", [
+        "%d/%d deliveries in %.2fs; ideal for cap %d at %gs each: %.2fs -> %.3fx (target <= 1.3x)"
+        % (posts, arguments.subscriptions, elapsed, arguments.max_in_flight, arguments.delay, ideal, ratio),
+        "trigger answered 201 in %.3fs" % (answered,),
+        "daemon RSS: %.0f MB before the trigger, peak %.0f MB (+%.0f MB)" % (baseline, peak, peak - baseline),
+    ], {"args": vars(arguments), "deliveries": posts, "seconds": round(elapsed, 3), "ideal_seconds": ideal,
+        "vs_ideal": round(ratio, 3), "trigger_seconds": round(answered, 3), "rss_before_mb": round(baseline, 1),
+        "rss_peak_mb": round(peak, 1)})
+
+
+if __name__ == "__main__":
+    harness.run(main)

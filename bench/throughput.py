@@ -1,0 +1,181 @@
+"""Benchmark 1: signed deliveries per second, next to a bare treq loop and wrk.
+
+In one run, against the same ``bench/receiver.py`` process:
+
+1. a bare treq POST loop (``--max-in-flight`` concurrent, the daemon's pool
+   settings, the same body and headers as a delivery, no signing, no ledger);
+2. ``wrk`` POSTing the same body with as many connections;
+3. one daemon per ledger (embedded SQLite, then Redis): ``--subscribers``
+   subscriptions on one registration, fired ``--firings`` times; the rate is
+   deliveries / (last receiver ack - first trigger sent);
+4. two daemons sharing the Redis ledger and the SQLite store file, the
+   firings split between them;
+5. the bare treq loop again (the reference is the better of its two runs).
+
+    .venv/bin/python bench/throughput.py [--subscribers 50 --firings 200 --max-in-flight 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness import progress
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from pywebhooks.delivery.signing import signature_headers
+
+EVENT_DATA = {"order": 12345, "items": ["a", "b", "c"], "note": "x" * 200}
+
+
+async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -> float:
+    """POST ``count`` times with ``concurrency`` workers on one pool; requests per second."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(2, concurrency)
+    client = HTTPClient(Agent(reactor, pool=pool))
+    body = json.dumps(EVENT_DATA, sort_keys=True)
+    headers = signature_headers("s" * 40, "0" * 36, int(time.time()), body, "bench.event")
+    data = body.encode()
+    remaining = [count]
+
+    async def worker() -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            response = await client.post(url, data=data, headers=headers, allow_redirects=False,
+                                         unbuffered=True, reactor=reactor, timeout=10)
+            await response.content()
+            if response.code != 200:
+                raise RuntimeError("receiver answered %d" % (response.code,))
+
+    started = time.monotonic()
+    await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)], consumeErrors=True)
+    elapsed = time.monotonic() - started
+    await pool.closeCachedConnections()
+    return count / elapsed
+
+
+def wrk_post(url: str, connections: int, seconds: float, directory: Path) -> dict[str, Any]:
+    """``wrk`` POSTing the delivery body."""
+    script = directory / "post.lua"
+    body = json.dumps(EVENT_DATA, sort_keys=True)
+    script.write_text('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
+                      % (json.dumps(body),))
+    return harness.run_wrk(url, connections, seconds, script=str(script))
+
+
+async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harness.ReceiverProcess,
+                     directory: Path, label: str, daemons: int, redis_url: str | None) -> dict[str, Any]:
+    """Start ``daemons`` daemons, set up the fan-out, fire, measure; the figures."""
+    options = ["--max-in-flight", str(arguments.max_in_flight)]
+    if redis_url:
+        options += ["--redis", redis_url]
+    first = await harness.start_daemon(reactor, directory / "d0", *options)
+    started = [first]
+    for index in range(1, daemons):
+        started.append(await harness.start_daemon(reactor, directory / ("d%d" % (index,)), *options,
+                                                  database=first.database))
+    api = first.api()
+    accounts = min(arguments.accounts, arguments.subscribers)
+    owner, registration_id = await harness.make_fanout(
+        api, first.admin, lambda i: receiver.url("/hook/%d" % (i,)), accounts, arguments.subscribers)
+    receiver.reset()
+    expected = arguments.firings * arguments.subscribers
+    apis = [daemon.api() for daemon in started]
+    semaphore = DeferredSemaphore(arguments.trigger_concurrency)
+    progress("%s: firing %d times x %d subscribers = %d deliveries", label, arguments.firings,
+             arguments.subscribers, expected)
+    first_trigger = time.time()
+    sampler = harness.RssSampler(reactor, first.process.pid)  # type: ignore[union-attr]
+    profile = directory / ("pyspy-%d.txt" % (daemons,))
+    spy = harness.start_pyspy(first.process.pid, profile, 6) if arguments.profile else None  # type: ignore[union-attr]
+    triggers = [
+        semaphore.run(lambda n=n: Deferred.fromCoroutine(apis[n % daemons].trigger(owner, registration_id)))
+        for n in range(arguments.firings)
+    ]
+    await gatherResults(triggers, consumeErrors=True)
+    triggers_done = time.time() - first_trigger
+    posts, last = await harness.wait_for_posts(reactor, [receiver], expected, arguments.timeout, label)
+    peak = sampler.stop()
+    if spy is not None:
+        spy.wait()
+        for share, name in harness.top_self_time(profile):
+            progress("  profile %5.1f%% %s", 100 * share, name)
+    elapsed = last - first_trigger
+    rate = posts / elapsed if elapsed > 0 else 0.0
+    progress("%s: %d deliveries in %.2fs = %.0f/s (triggers took %.2fs)", label, posts, elapsed, rate,
+             triggers_done)
+    for daemon in started:
+        await daemon.terminate(timeout=30)
+    return {"deliveries": posts, "expected": expected, "seconds": round(elapsed, 3),
+            "per_s": round(rate, 1), "rss_peak_mb": round(peak, 1)}
+
+
+async def main(reactor: Any) -> None:
+    """Run every measurement and print the summary."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=50, help="subscriptions per firing")
+    parser.add_argument("--accounts", type=int, default=10, help="subscriber accounts (endpoints)")
+    parser.add_argument("--firings", type=int, default=200)
+    parser.add_argument("--max-in-flight", type=int, default=100, help="daemon cap = bare loop concurrency")
+    parser.add_argument("--trigger-concurrency", type=int, default=4)
+    parser.add_argument("--wrk-seconds", type=float, default=5)
+    parser.add_argument("--ledgers", default="sqlite,redis", help="comma-separated: sqlite, redis")
+    parser.add_argument("--no-two-daemons", action="store_true")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--profile", action="store_true", help="py-spy the (first) daemon while it delivers")
+    arguments = parser.parse_args()
+    directory = harness.workdir("throughput")
+    receiver = harness.start_receiver()
+    url = receiver.url("/bare")
+    count = arguments.firings * arguments.subscribers
+    figures: dict[str, Any] = {"args": vars(arguments)}
+
+    progress("bare treq loop: %d POSTs, %d concurrent", count, arguments.max_in_flight)
+    bare = [await bare_treq_loop(reactor, url, count, arguments.max_in_flight)]
+    progress("bare treq loop: %.0f/s", bare[0])
+    progress("wrk: %d connections, %gs", arguments.max_in_flight, arguments.wrk_seconds)
+    wrk = wrk_post(url, arguments.max_in_flight, arguments.wrk_seconds, directory)
+    progress("wrk: %.0f/s", wrk.get("requests_per_s", 0))
+
+    runs: dict[str, dict[str, Any]] = {}
+    ledgers = [name.strip() for name in arguments.ledgers.split(",") if name.strip()]
+    redis = harness.start_redis(directory) if "redis" in ledgers else None
+    for ledger in ledgers:
+        redis_url = None
+        if ledger == "redis":
+            assert redis is not None
+            redis_url = redis.url
+        runs[ledger] = await daemon_run(reactor, arguments, receiver, directory / ledger, ledger, 1, redis_url)
+        if ledger == "redis" and not arguments.no_two_daemons:
+            # (the one-daemon run left the Redis ledger empty: everything was delivered)
+            runs["redis_x2"] = await daemon_run(reactor, arguments, receiver, directory / "redis2",
+                                                "2 daemons, redis", 2, redis_url)
+
+    progress("bare treq loop again")
+    receiver.reset()
+    bare.append(await bare_treq_loop(reactor, url, count, arguments.max_in_flight))
+    progress("bare treq loop: %.0f/s", bare[1])
+    reference = max(bare)
+    lines = ["bare treq loop: %s/s (reference = best: %.0f/s)" % (" and ".join("%.0f" % b for b in bare), reference),
+             "wrk (C, %d conns): %.0f/s" % (arguments.max_in_flight, wrk.get("requests_per_s", 0))]
+    for name, run in runs.items():
+        run["vs_bare"] = round(run["per_s"] / reference, 3)
+        lines.append("%-9s %6.0f deliveries/s  = %5.1f%% of bare treq (target 90%%)  peak RSS %.0f MB"
+                     % (name, run["per_s"], 100 * run["vs_bare"], run["rss_peak_mb"]))
+    if "redis" in runs and "redis_x2" in runs:
+        ratio = runs["redis_x2"]["per_s"] / runs["redis"]["per_s"]
+        figures["two_daemons_vs_one"] = round(ratio, 3)
+        lines.append("two daemons / one daemon (redis): %.2fx (target 1.7x)" % (ratio,))
+    figures.update({"bare_treq_per_s": [round(b, 1) for b in bare], "wrk_per_s": wrk.get("requests_per_s"),
+                    "runs": runs})
+    harness.summary("throughput", lines, figures)
+
+
+if __name__ == "__main__":
+    harness.run(main)
