@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from twisted.python import usage
 from twisted.python.usage import UsageError
 
 from pywebhooks import tap
@@ -20,6 +21,7 @@ ALL_OPTIONS = (
     "private-listings", "initdb", "config", "max-body-size", "apikey-reset-limit",
     "apikey-reset-window", "max-in-flight", "lease-seconds", "shutdown-grace",
     "max-registrations-per-account", "max-subscriptions-per-account",
+    "deny-targets", "allow-targets", "client-timeout",
 )
 
 
@@ -269,3 +271,15 @@ def test_parsing_options_leaves_the_reactor_choice_to_twist() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=daemon_environment(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_target_lists_are_parsed_and_checked() -> None:
+    """--deny-targets/--allow-targets take comma-separated CIDRs (and 'private'),
+    and a malformed network or an allowed 'private' is a usage error."""
+    options = parse(["--deny-targets", "private, 203.0.113.0/24", "--allow-targets", "127.0.0.1"])
+    assert options.settings().deny_targets == ("private", "203.0.113.0/24")
+    assert options.settings().allow_targets == ("127.0.0.1/32",)
+    with pytest.raises(usage.UsageError, match="10.0.0.1/8"):
+        parse(["--deny-targets", "10.0.0.1/8"])
+    with pytest.raises(usage.UsageError, match="allow-targets"):
+        parse(["--allow-targets", "private"])
