@@ -47,7 +47,7 @@ from tests.support.deliveries import (  # noqa: F401 (fixtures)
     within,
 )
 from tests.support.receiver import Receiver
-from tests.support.redis_server import free_port
+from tests.support.processes import free_port
 from tests.support.stores import sqlite_database
 
 pytestmark = pytest.mark.usefixtures("logged_errors")

@@ -13,7 +13,8 @@ from twisted.internet.task import deferLater
 from pywebhooks.errors import StoreUnavailable
 from pywebhooks.ledger.redis import RedisAddress, RedisLedger
 from tests.support.ledgers import RedisLedgerFactory, redis_ledgers, running_reactor
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.processes import free_port
+from tests.support.redis_server import RedisServer
 from tests.test_ledger_behaviour import LEASE, T, entry, ids
 
 T_ = TypeVar("T_")

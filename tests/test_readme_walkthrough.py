@@ -23,7 +23,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.support.daemon import Daemon, daemon, daemon_environment  # noqa: F401 (fixture)
-from tests.support.redis_server import free_port
+from tests.support.processes import free_port
 from tests.support.walkthrough import walkthrough_steps
 
 README = Path(__file__).resolve().parent.parent / "README.rst"

@@ -67,7 +67,7 @@ from pywebhooks.api.http import is_endpoint
 from pywebhooks.api.openapi import document
 from pywebhooks.records import is_uuid
 from tests.support.daemon import REPO_ROOT, Daemon, daemon_environment
-from tests.support.redis_server import free_port
+from tests.support.processes import free_port
 from tests.test_openapi_document import resolve, validator
 
 #: Seeds everything random here: schemathesis, and the harness's choices.

@@ -42,7 +42,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import eventsFromJSONLogFile
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from tests.support.redis_server import free_port
+from tests.support.processes import free_port
 
 #: The repository root (the directory that holds ``pywebhooks/``).
 REPO_ROOT = Path(__file__).resolve().parents[2]

