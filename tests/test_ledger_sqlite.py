@@ -68,3 +68,48 @@ async def test_shares_the_file_with_the_store(tmp_path: Path) -> None:
     with sqlite3.connect(database.path) as check:
         tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "pending_deliveries" in tables and "accounts" in tables
+
+
+@pytest_twisted.ensureDeferred
+async def test_attempt_records_and_finishes_share_transactions(tmp_path: Path) -> None:
+    """Attempt records and ledger finishes settled together take a handful of transactions."""
+    from pywebhooks.store.sqlite import SQLiteStore
+
+    database = CountingDatabase(running_reactor(), str(tmp_path / "pywebhooks.sqlite3"))
+    store = SQLiteStore(database)
+    await store.initialize(drop=True)
+    ledger = SQLiteLedger(database)
+    await ledger.open()
+    try:
+        account = {"id": "a1", "username": "john", "endpoint": "http://127.0.0.1/", "api_key": "h",
+                   "secret_key": "s", "is_admin": False, "failed_count": 0, "epoch": T}
+        await store.insert_account(account)
+        added = [entry(T) for _ in range(200)]
+        await ledger.add(added)
+        before = database.transactions
+        attempt = {"attempt": 0, "at": T, "ok": False, "status_code": 500, "error": None,
+                   "duration": 0.1}
+        writes = [ensureDeferred(store.record_attempt(item.id, "a1", attempt, False))
+                  for item in added]
+        writes += [ensureDeferred(ledger.finish(item.id)) for item in added]
+        results = await gatherResults(writes)
+        assert database.transactions - before <= 3
+        assert sorted(results[:200]) == list(range(1, 201))
+        assert await ledger.count() == 0
+    finally:
+        await ledger.close()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_finds_leases_without_a_scan(tmp_path: Path) -> None:
+    """Releasing a killed run's leases on open reads an index, not the whole backlog."""
+    ledger = SQLiteLedger(SQLiteDatabase(running_reactor(), str(tmp_path / "ledger.sqlite3")))
+    await ledger.open()
+    await ledger.close()
+    with sqlite3.connect(str(tmp_path / "ledger.sqlite3")) as check:
+        plan = check.execute(
+            "EXPLAIN QUERY PLAN UPDATE pending_deliveries SET leased = 0, available_at = due"
+            " WHERE leased = 1"
+        ).fetchall()
+    assert "USING INDEX pending_deliveries_leased" in " ".join(str(row[3]) for row in plan)

@@ -31,8 +31,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pywebhooks.batching import GroupCommit
 from pywebhooks.errors import StoreUnavailable
-from pywebhooks.ledger.batching import GroupCommit
 from pywebhooks.ledger.interface import ILedger, PendingDelivery
 
 _ADD = """
@@ -183,8 +183,8 @@ class RedisLedger:
         self._clock = clock
         self._timeout = timeout
         self._redis: Any = None
-        self._finishes: GroupCommit[str] = GroupCommit(lambda ids: self._run(_FINISH, ids))
-        self._reschedules: GroupCommit[PendingDelivery] = GroupCommit(self._reschedule_all)
+        self._finishes: GroupCommit[str, None] = GroupCommit(self._finish_all)
+        self._reschedules: GroupCommit[PendingDelivery, None] = GroupCommit(self._reschedule_all)
 
     async def open(self) -> None:
         """Start the connection pool and wait (up to the timeout, given a
@@ -258,6 +258,9 @@ class RedisLedger:
     async def finish(self, delivery_id: str) -> None:
         """Remove the entry (group-committed with other finishes)."""
         await self._finishes.submit(delivery_id)
+
+    async def _finish_all(self, ids: list[str]) -> None:
+        await self._run(_FINISH, ids)
 
     async def release(self, delivery_ids: Iterable[str]) -> None:
         """Drop the leases of these entries: due again at once."""

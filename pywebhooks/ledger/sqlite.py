@@ -5,21 +5,22 @@ whether it is ``leased``, and ``available_at`` (the due time, or the lease
 expiry while leased), indexed, so that a claim and ``next_due`` read only
 the head of one index however many entries wait.  An embedded file serves a
 single process, so ``open()`` drops every lease a killed run left behind and
-those entries are due again at once.
+those entries are due again at once; a partial index of the leased rows
+alone lets it find them without reading the whole backlog.
 
 The hot-path writes (``finish`` and ``reschedule``, one per attempt) are
-group-committed: calls made while a transaction is running are queued and
-written together in the next one.
+group-committed (``SQLiteDatabase.run_grouped``): calls made while a
+transaction is running are queued and written together in the next one,
+with the store's attempt records when both share the database.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable, Iterable
+from typing import Iterable
 
 from zope.interface import implementer
 
-from pywebhooks.ledger.batching import GroupCommit
 from pywebhooks.ledger.interface import ILedger, PendingDelivery
 from pywebhooks.sqlitedb import SQLiteDatabase
 
@@ -32,9 +33,11 @@ _SCHEMA = (
         payload TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS pending_deliveries_available ON pending_deliveries (available_at)",
+    # Only the leased rows (at most the in-flight ones): open() finds them
+    # without scanning a backlog of millions.
+    "CREATE INDEX IF NOT EXISTS pending_deliveries_leased ON pending_deliveries (leased)"
+    " WHERE leased = 1",
 )
-
-_Write = Callable[[sqlite3.Connection], None]
 
 
 def _create(connection: sqlite3.Connection) -> None:
@@ -49,7 +52,6 @@ class SQLiteLedger:
 
     def __init__(self, database: SQLiteDatabase) -> None:
         self._database = database
-        self._writes: GroupCommit[_Write] = GroupCommit(self._write_all)
         self._open = False
 
     async def open(self) -> None:
@@ -67,15 +69,6 @@ class SQLiteLedger:
         if self._open:
             self._open = False
             await self._database.close()
-
-    async def _write_all(self, writes: list[_Write]) -> None:
-        """Run group-committed writes in one transaction."""
-
-        def run_all(connection: sqlite3.Connection) -> None:
-            for write in writes:
-                write(connection)
-
-        await self._database.run(run_all)
 
     async def add(self, entries: Iterable[PendingDelivery], leased_until: float | None = None) -> None:
         """Insert (or replace) entries, all in one transaction; already leased
@@ -124,7 +117,7 @@ class SQLiteLedger:
                 row,
             )
 
-        await self._writes.submit(update)
+        await self._database.run_grouped(update)
 
     async def finish(self, delivery_id: str) -> None:
         """Remove the entry."""
@@ -132,7 +125,7 @@ class SQLiteLedger:
         def delete(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM pending_deliveries WHERE id = ?", (delivery_id,))
 
-        await self._writes.submit(delete)
+        await self._database.run_grouped(delete)
 
     async def release(self, delivery_ids: Iterable[str]) -> None:
         """Drop the leases of these entries: due again at once."""

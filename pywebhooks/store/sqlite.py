@@ -1,10 +1,12 @@
 """``SQLiteStore``: the embedded default ``IStore``, one file on local disk.
 
 Every statement runs on the ``SQLiteDatabase`` thread, so the reactor never
-waits for the disk, and every method is one transaction.  Each table has an
-``INTEGER PRIMARY KEY seq`` (the rowid: creation order, always growing) and a
-unique ``id``.  Subscriptions and firings also keep ``owner_id``, the owner of
-their registration when they were made, which the visibility filters use.
+waits for the disk, and every method is one transaction (``record_attempt``
+shares it with the other attempts settled at the same moment).  Each table
+has an ``INTEGER PRIMARY KEY seq`` (the rowid: creation order, always
+growing) and a unique ``id``.  Subscriptions and firings also keep
+``owner_id``, the owner of their registration when they were made, which
+the visibility filters use.
 
 Lists stay fast on deep pages: a ``PageCursors`` cache remembers, per list
 query, the ``seq`` just before a position, so the page a client asks for
@@ -226,9 +228,11 @@ class SQLiteStore:
 
     # -- plumbing ----------------------------------------------------------
 
-    async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, function: Callable[[sqlite3.Connection], T], grouped: bool = False) -> T:
         if not self._open:
             raise StoreUnavailable("The store is not open")
+        if grouped:
+            return await self._database.run_grouped(function)
         return await self._database.run(function)
 
     async def _open_database(self) -> None:
@@ -563,7 +567,12 @@ class SQLiteStore:
         self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
     ) -> int | None:
         """Log ``attempt`` on the delivery and count it on the subscriber, in one
-        transaction; the count is a single ``UPDATE``."""
+        transaction; the count is a single ``UPDATE``.
+
+        Group-committed (``SQLiteDatabase.run_grouped``): attempts settled while
+        a transaction runs share the next one.  Each runs its own statements in
+        order inside it, so each caller still gets its own new count.
+        """
         logged = json.loads(json.dumps(attempt))
         count = "0" if attempt["ok"] else "failed_count + 1"
 
@@ -584,4 +593,4 @@ class SQLiteStore:
             ).fetchone()
             return None if counted is None else counted[0]
 
-        return await self._run(record)
+        return await self._run(record, grouped=True)
