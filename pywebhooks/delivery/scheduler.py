@@ -207,8 +207,14 @@ class DeliveryScheduler(Service):
             if not self.running:
                 await self._release(entry.id for entry in entries)
                 return
-            for entry in entries:
+            # ``submit`` may have taken slots while the claim was on its way.
+            startable = max(0, self._free_slots())
+            for entry in entries[:startable]:
                 self._start(entry)
+            if len(entries) > startable:
+                self._backlog = True
+                await self._release(entry.id for entry in entries[startable:])
+                return
             self._backlog = len(entries) >= free
             if not self._backlog:
                 return
