@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,8 +23,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.support.daemon import Daemon, daemon, daemon_environment  # noqa: F401 (fixture)
+from tests.support.daemon import Daemon, daemon_environment
 from tests.support.processes import free_port
+from tests.support.rethinkdb_server import require_rethinkdb, shared_server
 from tests.support.walkthrough import walkthrough_steps
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
@@ -85,15 +87,41 @@ def run_curl(command: str, variables: dict[str, str], receiver_port: int, body_f
     return int(finished.stdout), body_file.read_text() if body_file.exists() else ""
 
 
+@pytest.fixture(params=["sqlite", "rethinkdb"])
+def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    """A stopped daemon on the default embedded store, or on a new database of
+    a real RethinkDB server (skipped, with the reason, when there is none)."""
+    made = Daemon(reactor, tmp_path / "daemon")
+    if request.param == "rethinkdb":
+        require_rethinkdb()
+        made.database = shared_server().url("walkthrough_" + uuid.uuid4().hex[:12])
+    try:
+        yield made
+    finally:
+        made.kill_now()
+
+
+async def start_with_admin(daemon: Daemon) -> str:
+    """Start the daemon (after ``--initdb`` where the store needs it); the admin's api key."""
+    if daemon.database.startswith("rethinkdb:"):
+        code, stdout, stderr = await daemon.run_once("--initdb", timeout=60)
+        assert code == 0, stderr
+        api_key = json.loads(stdout.splitlines()[-1])["api_key"]
+        await daemon.start()
+        return str(api_key)
+    await daemon.start()
+    assert daemon.admin_keys is not None
+    return daemon.admin_keys[0]
+
+
 @pytest_twisted.ensureDeferred
 async def test_every_walkthrough_command_answers_as_the_readme_says(
     daemon: Daemon, example_receiver: ExampleReceiver, tmp_path: Path
 ) -> None:
     """Each curl command of the README answers the status it documents, and the
     receiver gets the firing with both signatures valid."""
-    await daemon.start()
-    assert daemon.admin_keys is not None
-    variables = {"PW": daemon.url("").rstrip("/"), "ADMIN_KEY": daemon.admin_keys[0]}
+    admin_key = await start_with_admin(daemon)
+    variables = {"PW": daemon.url("").rstrip("/"), "ADMIN_KEY": admin_key}
     last_answer: Any = None
     replayed = 0
     for step in walkthrough_steps(README):
