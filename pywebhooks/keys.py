@@ -4,8 +4,12 @@ Keys are 160 random bits as 40 lowercase hex characters, like the
 original's.  Because an api key is a long random token (not a password a
 person chose), a single SHA-256 is enough to make the stored value useless
 to a thief and costs about a microsecond to check, so authentication never
-dominates a request.  Old Werkzeug ``pbkdf2:`` hashes are still accepted so
-that a database imported from the original keeps working.
+dominates a request.  Old Werkzeug ``pbkdf2:`` hashes (the original's
+``pbkdf2:sha1:1000`` form) are still accepted so that a database imported
+from the original keeps working; they are rewritten to the fast form on
+first use.  Because every check runs on the reactor thread, a pbkdf2 hash
+with more than ``MAX_PBKDF2_ITERATIONS`` iterations is refused rather than
+computed (its owner gets a new key with an api-key reset).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import hmac
 import os
 
 KEY_BYTES = 20
+
+#: The most pbkdf2 iterations checked on the reactor thread (about 1 ms).
+MAX_PBKDF2_ITERATIONS = 2000
 _SHA256_PREFIX = "sha256$"
 
 #: Compared against when the username is unknown, so that an unknown user and
@@ -50,6 +57,8 @@ def _verify_werkzeug_pbkdf2(stored_hash: str, candidate: bytes) -> bool:
         method, salt, expected = stored_hash.split("$", 2)
         _, digest, *rest = method.split(":")
         iterations = int(rest[0]) if rest else 260000
+        if iterations > MAX_PBKDF2_ITERATIONS:
+            return False
         computed = hashlib.pbkdf2_hmac(digest, candidate, salt.encode("utf-8"), iterations).hex()
     except (ValueError, TypeError):
         return False

@@ -307,3 +307,15 @@ async def test_an_original_pbkdf2_api_key_hash_works_and_is_upgraded() -> None:
         assert (await api.store.get_account(john["id"]))["api_key"] == hash_api_key(john["api_key"])
         again = await api.call("GET", "/v1/account/" + john["id"], account=john)
         assert again.status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expensive_pbkdf2_hash_is_refused_without_being_computed() -> None:
+    """A pbkdf2 hash with a high iteration count (which would stall the reactor
+    on every wrong guess) does not authenticate, even with the right key."""
+    async with running_api() as api:
+        john = await api.new_account("john")
+        digest = hashlib.pbkdf2_hmac("sha256", john["api_key"].encode(), b"salt", 260000).hex()
+        await api.store.update_account(john["id"], {"api_key": "pbkdf2:sha256:260000$salt$" + digest})
+        reply = await api.call("GET", "/v1/account/" + john["id"], account=john)
+        assert (reply.status, reply.error) == (401, "Invalid API key")
