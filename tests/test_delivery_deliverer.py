@@ -16,7 +16,7 @@ from pywebhooks.delivery.deliverer import HTTPDeliverer
 from pywebhooks.httpclient import make_connection_pool, make_http_client
 from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.settings import Settings
-from tests.support.deliveries import logged_errors  # noqa: F401
+from tests.support.deliveries import logged_errors, running_reactor
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.usefixtures("logged_errors")
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.usefixtures("logged_errors")
 TIMEOUT = 0.5
 
 
-def reactor() -> Any:
-    """The running reactor."""
-    from twisted.internet import reactor as running
-
-    return running
+reactor = running_reactor
 
 
 class _Scripted(Protocol):

@@ -37,6 +37,7 @@ from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.store.sqlite import SQLiteStore
 from tests.support.deliveries import (  # noqa: F401 (fixtures)
+    running_reactor,
     DeliveryNode,
     DeadDeliverer,
     World,
@@ -53,11 +54,7 @@ from tests.support.stores import sqlite_database
 pytestmark = pytest.mark.usefixtures("logged_errors")
 
 
-def reactor() -> Any:
-    """The running reactor."""
-    from twisted.internet import reactor as running
-
-    return running
+reactor = running_reactor
 
 
 # -- servers that misbehave ----------------------------------------------------

@@ -16,6 +16,7 @@ from pywebhooks.errors import StoreUnavailable
 from pywebhooks.ledger.redis import RedisLedger
 from pywebhooks.store.sqlite import SQLiteStore
 from tests.support.deliveries import (  # noqa: F401 (fixtures)
+    running_reactor,
     DeliveryNode,
     DeadDeliverer,
     World,
@@ -32,11 +33,7 @@ from tests.support.stores import sqlite_database
 pytestmark = pytest.mark.usefixtures("logged_errors")
 
 
-def reactor() -> Any:
-    """The running reactor."""
-    from twisted.internet import reactor as running
-
-    return running
+reactor = running_reactor
 
 
 @pytest_twisted.async_yield_fixture

@@ -133,7 +133,7 @@ class DeliveryNode:
         from pywebhooks.httpclient import make_connection_pool, make_http_client
         from pywebhooks.settings import Settings
 
-        self.reactor = _reactor()
+        self.reactor = running_reactor()
         self.settings = Settings(**{**self.TEST_SETTINGS, **overrides})
         self.store = store
         self.ledger = ledger
@@ -177,13 +177,14 @@ class DeadDeliverer:
 @pytest_twisted.async_yield_fixture
 async def receiver() -> AsyncIterator[Receiver]:
     """A recording receiver (``tests.support.receiver``) on 127.0.0.1."""
-    started = Receiver(_reactor())
+    started = Receiver(running_reactor())
     await started.start()
     yield started
     await started.stop()
 
 
-def _reactor() -> Any:
+def running_reactor() -> Any:
+    """The running reactor (imported late, so this module installs none)."""
     from twisted.internet import reactor
 
     return reactor
@@ -193,7 +194,7 @@ async def sleep(seconds: float) -> None:
     """Let the reactor run for ``seconds``."""
     from twisted.internet.task import deferLater
 
-    await deferLater(_reactor(), seconds, lambda: None)
+    await deferLater(running_reactor(), seconds, lambda: None)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0, step: float = 0.02) -> Any:
@@ -215,4 +216,4 @@ async def within(waited: Awaitable[Any], seconds: float) -> Any:
     from twisted.internet.defer import ensureDeferred
 
     deferred = ensureDeferred(waited) if not hasattr(waited, "addTimeout") else waited
-    return await deferred.addTimeout(seconds, _reactor())  # type: ignore[union-attr]
+    return await deferred.addTimeout(seconds, running_reactor())  # type: ignore[union-attr]
