@@ -143,15 +143,19 @@ async def start_daemon(reactor: Any, directory: Path, *options: str, database: s
     daemon.twist_options = ["--log-format=text", "--log-file=%s" % (directory / "log.txt",)]
     if database is not None:
         daemon.database = database
+    prelude = os.environ.get("BENCH_DAEMON_PRELUDE", "")
     interval = os.environ.get("BENCH_SWITCH_INTERVAL")
     if interval:
-        # Experiment: run the daemon with another GIL switch interval.
+        prelude += "; import sys; sys.setswitchinterval(%s)" % (float(interval),)
+    if prelude:
+        # Experiment: run Python code (GIL switch interval, gc settings...)
+        # in the daemon's process before twist starts.
         plain = daemon.command
 
         def command(*extra: str) -> list[str]:
             line = plain(*extra)
-            return [line[0], "-c", "import sys, runpy; sys.setswitchinterval(%s); sys.argv[0] = 'twisted'; "
-                    "runpy.run_module('twisted', run_name='__main__', alter_sys=True)" % (float(interval),),
+            return [line[0], "-c", "%s; import runpy, sys; sys.argv[0] = 'twisted'; "
+                    "runpy.run_module('twisted', run_name='__main__', alter_sys=True)" % (prelude.strip("; "),),
                     *line[3:]]
         daemon.command = command  # type: ignore[method-assign]
     await daemon.start(timeout=60)
@@ -160,9 +164,13 @@ async def start_daemon(reactor: Any, directory: Path, *options: str, database: s
 
 
 def start_pyspy(pid: int, output: Path, seconds: float) -> subprocess.Popen[bytes]:
-    """``py-spy record`` of process ``pid`` for ``seconds`` into ``output`` (collapsed stacks)."""
+    """``py-spy record`` of process ``pid`` for ``seconds`` into ``output`` (collapsed stacks).
+
+    Only the thread holding the GIL is sampled: that is what bounds one
+    Python process, whatever its other threads wait for."""
     command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
-               str(max(1, int(seconds))), "--format", "raw", "--output", str(output), "--nonblocking"]
+               str(max(1, int(seconds))), "--format", "raw", "--output", str(output), "--nonblocking",
+               "--gil", "--rate", "250"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -187,6 +195,12 @@ def top_self_time(collapsed: Path, count: int = 25) -> list[tuple[float, str]]:
 def rss_mb(pid: int) -> float:
     """Resident memory of process ``pid`` in MiB."""
     return psutil.Process(pid).memory_info().rss / 2 ** 20
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 class RssSampler:

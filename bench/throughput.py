@@ -54,8 +54,10 @@ async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -
                 raise RuntimeError("receiver answered %d" % (response.code,))
 
     started = time.monotonic()
+    cpu_started = time.process_time()
     await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)], consumeErrors=True)
     elapsed = time.monotonic() - started
+    progress("bare treq loop: %.3f ms CPU per POST", 1000 * (time.process_time() - cpu_started) / count)
     await pool.closeCachedConnections()
     return count / elapsed
 
@@ -91,6 +93,7 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
     progress("%s: firing %d times x %d subscribers = %d deliveries", label, arguments.firings,
              arguments.subscribers, expected)
     first_trigger = time.time()
+    cpu_before = [harness.cpu_seconds(daemon.process.pid) for daemon in started]  # type: ignore[union-attr]
     sampler = harness.RssSampler(reactor, first.process.pid)  # type: ignore[union-attr]
     profile = directory / ("pyspy-%d.txt" % (daemons,))
     spy = harness.start_pyspy(first.process.pid, profile, 6) if arguments.profile else None  # type: ignore[union-attr]
@@ -102,18 +105,20 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
     triggers_done = time.time() - first_trigger
     posts, last = await harness.wait_for_posts(reactor, [receiver], expected, arguments.timeout, label)
     peak = sampler.stop()
+    cpu = sum(harness.cpu_seconds(daemon.process.pid) for daemon in started) - sum(cpu_before)  # type: ignore[union-attr]
     if spy is not None:
         spy.wait()
         for share, name in harness.top_self_time(profile):
             progress("  profile %5.1f%% %s", 100 * share, name)
     elapsed = last - first_trigger
     rate = posts / elapsed if elapsed > 0 else 0.0
-    progress("%s: %d deliveries in %.2fs = %.0f/s (triggers took %.2fs)", label, posts, elapsed, rate,
-             triggers_done)
+    progress("%s: %d deliveries in %.2fs = %.0f/s (triggers took %.2fs); daemon CPU %.3f ms per delivery",
+             label, posts, elapsed, rate, triggers_done, 1000 * cpu / max(1, posts))
     for daemon in started:
         await daemon.terminate(timeout=30)
     return {"deliveries": posts, "expected": expected, "seconds": round(elapsed, 3),
-            "per_s": round(rate, 1), "rss_peak_mb": round(peak, 1)}
+            "per_s": round(rate, 1), "rss_peak_mb": round(peak, 1),
+            "daemon_cpu_ms_per_delivery": round(1000 * cpu / max(1, posts), 3)}
 
 
 async def main(reactor: Any) -> None:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from pywebhooks.batching import GroupCommit
+from pywebhooks.dbthread import WorkerThread
 from pywebhooks.errors import StoreUnavailable
 
 T = TypeVar("T")
@@ -44,21 +43,17 @@ def sqlite_path(database_url: str) -> str:
 
 
 class SQLiteDatabase:
-    """A single SQLite connection owned by a one-thread pool."""
+    """A single SQLite connection owned by one worker thread."""
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorThreads, path: str) -> None:
-        self._reactor = reactor
+    def __init__(self, reactor: IReactorFromThreads, path: str) -> None:
         self.path = path
-        self._pool = self._new_pool()
+        self._thread = WorkerThread(reactor, "sqlite:" + path)
         self._connection: sqlite3.Connection | None = None
         self._users = 0
         self._grouped: GroupCommit[Callable[[sqlite3.Connection], Any], Any] = GroupCommit(
             self._run_all)
-
-    def _new_pool(self) -> ThreadPool:
-        return ThreadPool(minthreads=1, maxthreads=1, name="sqlite:" + self.path)
 
     async def open(self) -> None:
         """Start the thread and open the connection (shared: counted per user).
@@ -68,12 +63,12 @@ class SQLiteDatabase:
         self._users += 1
         if self._users > 1:
             return
-        self._pool.start()
+        self._thread.start()
         try:
             await self._unavailable_on_error(self.run_raw(self._connect))
         except BaseException:
             self._users -= 1
-            self._stop_pool()
+            self._thread.stop()
             raise
 
     async def close(self) -> None:
@@ -84,12 +79,7 @@ class SQLiteDatabase:
         try:
             await self.run_raw(self._disconnect)
         finally:
-            self._stop_pool()
-
-    def _stop_pool(self) -> None:
-        # A stopped ThreadPool cannot be started again: keep a fresh one ready.
-        self._pool.stop()
-        self._pool = self._new_pool()
+            self._thread.stop()
 
     def _connect(self) -> None:
         connection = sqlite3.connect(
@@ -117,7 +107,7 @@ class SQLiteDatabase:
 
     def run_raw(self, function: Callable[..., T], *args: Any) -> Any:
         """Run ``function(*args)`` on the database thread; a Deferred of its result."""
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+        return self._thread.submit(function, *args)
 
     async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``function(connection)`` in one transaction on the database thread."""
