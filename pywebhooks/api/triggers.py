@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from pywebhooks.api.base import APIBase, missing_id, route
@@ -48,8 +49,16 @@ class TriggerRoutes(APIBase):
         """Owner or admin: fire the registration; a JSON object body with
         ``event_data`` replaces the payload of this firing."""
         registration_id = record_id(registration_id, "registration_id")
-        caller = await self._authenticate(request)
-        registration = await self._store.get_registration(registration_id)
+        # Read the registration while the caller is authenticated: both reads
+        # go to the database together.  Nothing of it is shown before the
+        # credentials have passed.
+        reading = ensureDeferred(self._store.get_registration(registration_id))
+        try:
+            caller = await self._authenticate(request)
+        except BaseException:
+            reading.addErrback(lambda _: None)
+            raise
+        registration = await reading
         if registration is None:
             raise ApiError(404, "Registration id not found")
         require_owner_or_admin(caller, registration, NO_ACCESS)

@@ -1,28 +1,22 @@
 """The fan-out of one firing: a delivery per subscription row, recorded before the 201.
 
-Order of writes, so that nothing is half-recorded:
-
-1. the ledger entries, added *already leased to this daemon*: nobody (not
-   even another daemon on a shared Redis) can attempt them yet;
-2. the firing and its delivery records, in one store call; if that fails
-   the ledger entries are removed again and the error goes to the caller
-   (503 for ``StoreUnavailable``);
-3. the entries go to the local scheduler, which starts what fits under its
+1. the firing, its delivery records and their ledger entries are written
+   down through an ``IFiringRecorder`` (``delivery.recording``): the entries
+   *already leased to this daemon*, so nobody (not even another daemon on a
+   shared Redis) attempts them before this one does; nothing is half
+   recorded, and a failure goes to the caller (503 for ``StoreUnavailable``);
+2. the entries go to the local scheduler, which starts what fits under its
    in-flight cap at once and releases the rest to be claimed in turn.
-
-A crash between 1 and 2 leaves leased entries without a firing row; their
-lease lapses (or the embedded ledger drops it on restart) and they are
-delivered anyway: at least once, never lost.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from pywebhooks.delivery.recording import IFiringRecorder, recorder_for
 from pywebhooks.delivery.signing import delivery_body
 from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.records import Record, new_id
@@ -35,10 +29,10 @@ class Dispatcher:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, store: Any, ledger: Any, scheduler: Any,
-                 settings: Settings) -> None:
+                 settings: Settings, recorder: IFiringRecorder | None = None) -> None:
         self._clock = clock
         self._store = store
-        self._ledger = ledger
+        self._recorder = recorder if recorder is not None else recorder_for(store, ledger)
         self._scheduler = scheduler
         self._settings = settings
 
@@ -53,13 +47,7 @@ class Dispatcher:
         firing = {"epoch": now, "id": new_id(), "registration_id": registration["id"]}
         subscribers = await self._store.subscribers(registration["id"])
         deliveries, entries = self._plan(firing, registration, delivery_body(event_data), subscribers)
-        if entries:
-            await self._ledger.add(entries, leased_until=now + self._settings.lease_seconds)
-        try:
-            await self._store.insert_firing(firing, deliveries)
-        except BaseException:
-            await self._forget(entries)
-            raise
+        await self._recorder.record(firing, deliveries, entries, now + self._settings.lease_seconds)
         self._scheduler.submit(entries)
         return firing
 
@@ -98,17 +86,3 @@ class Dispatcher:
                 due=now,
             ))
         return deliveries, entries
-
-    async def _forget(self, entries: list[PendingDelivery]) -> None:
-        """Remove the ledger entries of a firing that could not be recorded."""
-        if not entries:
-            return
-        removals = [ensureDeferred(self._ledger.finish(entry.id)) for entry in entries]
-        try:
-            await gatherResults(removals, consumeErrors=True)
-        except Exception as error:
-            self.log.error(
-                "firing not recorded, and {count} of its ledger entries could not be removed"
-                " (they will be delivered when their lease lapses): {error}",
-                count=len(entries), error=str(error),
-            )

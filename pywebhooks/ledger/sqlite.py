@@ -17,7 +17,7 @@ with the store's attempt records when both share the database.
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable
+from typing import Callable, Iterable
 
 from zope.interface import implementer
 
@@ -73,6 +73,12 @@ class SQLiteLedger:
     async def add(self, entries: Iterable[PendingDelivery], leased_until: float | None = None) -> None:
         """Insert (or replace) entries, all in one transaction; already leased
         until ``leased_until`` if given (the caller attempts them itself)."""
+        await self._database.run(self.adding(entries, leased_until))
+
+    def adding(self, entries: Iterable[PendingDelivery],
+               leased_until: float | None = None) -> Callable[[sqlite3.Connection], None]:
+        """The statements of ``add``, to run in a transaction of the caller's
+        on the same database (a firing and its ledger entries commit together)."""
         leased = 0 if leased_until is None else 1
         rows = [
             (entry.id, entry.due, entry.due if leased_until is None else leased_until, leased, entry.to_json())
@@ -86,7 +92,12 @@ class SQLiteLedger:
                 rows,
             )
 
-        await self._database.run(insert)
+        return insert
+
+    @property
+    def database(self) -> SQLiteDatabase:
+        """The database this ledger lives in."""
+        return self._database
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[PendingDelivery]:
         """Lease up to ``limit`` entries available at ``now``, earliest first."""

@@ -530,14 +530,26 @@ class SQLiteStore:
 
     # -- firings and deliveries -------------------------------------------
 
-    async def insert_firing(self, firing: Record, deliveries: list[Record]) -> None:
-        """Record a firing and its deliveries in one transaction."""
+    async def insert_firing(
+        self,
+        firing: Record,
+        deliveries: list[Record],
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Record a firing and its deliveries in one transaction.
+
+        ``also`` (statements of another writer on this database, such as
+        ``SQLiteLedger.adding``) runs first in the same transaction: both
+        commit, or neither does.
+        """
         firing_values = bindings("firing", firing)
         delivery_values = [bindings("delivery", delivery) for delivery in deliveries]
         insert_firing = insert_statement("firing", {"owner_id": OWNER_OF_REGISTRATION})
         insert_delivery = insert_statement("delivery")
 
         def insert(connection: sqlite3.Connection) -> None:
+            if also is not None:
+                also(connection)
             connection.execute(insert_firing, firing_values)
             connection.executemany(insert_delivery, delivery_values)
 
@@ -545,6 +557,11 @@ class SQLiteStore:
             await self._run(insert)
         except sqlite3.IntegrityError as error:
             raise self._integrity_error("firing", error) from error
+
+    @property
+    def database(self) -> SQLiteDatabase:
+        """The database this store lives in."""
+        return self._database
 
     async def list_firings(self, start: int, limit: int, owner_id: str | None = None) -> Page:
         """A ``Page`` of firings, only those of ``owner_id``'s registrations if given."""

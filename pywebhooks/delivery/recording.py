@@ -1,0 +1,99 @@
+"""Writing a firing down: its record, its delivery records, its ledger entries.
+
+Two ways, one interface:
+
+- ``SeparateWrites`` (any store with any ledger): the ledger entries first,
+  added already leased to this daemon so that nobody attempts them yet, then
+  the firing and its deliveries in one store call.  If the store write fails
+  the entries are removed again.  A crash between the two leaves leased
+  entries without a firing row; their lease lapses and they are delivered
+  anyway (at least once, never lost).
+- ``OneTransaction`` (the embedded default: the SQLite store and the SQLite
+  ledger in one file): both in one transaction, so they commit together or
+  not at all, with one trip to the database thread instead of two.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from pywebhooks.ledger.interface import PendingDelivery
+from pywebhooks.ledger.sqlite import SQLiteLedger
+from pywebhooks.records import Record
+from pywebhooks.store.sqlite import SQLiteStore
+
+
+class IFiringRecorder(Interface):
+    """Durably records one firing with its deliveries and ledger entries."""
+
+    def record(firing, deliveries, entries, leased_until):
+        """Write the firing record, its delivery records, and the ledger
+        ``entries`` leased until ``leased_until``: all of it or (once the
+        call has failed) none of it.  Raises ``errors.StoreUnavailable`` when
+        the store or the ledger cannot be written."""
+
+
+@implementer(IFiringRecorder)
+class SeparateWrites:
+    """The ledger, then the store; the ledger entries go again if the store fails."""
+
+    log = Logger()
+
+    def __init__(self, store: Any, ledger: Any) -> None:
+        self._store = store
+        self._ledger = ledger
+
+    async def record(self, firing: Record, deliveries: list[Record],
+                     entries: list[PendingDelivery], leased_until: float) -> None:
+        """See ``IFiringRecorder.record``."""
+        if entries:
+            await self._ledger.add(entries, leased_until=leased_until)
+        try:
+            await self._store.insert_firing(firing, deliveries)
+        except BaseException:
+            await self._forget(entries)
+            raise
+
+    async def _forget(self, entries: list[PendingDelivery]) -> None:
+        """Remove the ledger entries of a firing that could not be recorded."""
+        if not entries:
+            return
+        removals = [ensureDeferred(self._ledger.finish(entry.id)) for entry in entries]
+        try:
+            await gatherResults(removals, consumeErrors=True)
+        except Exception as error:
+            self.log.error(
+                "firing not recorded, and {count} of its ledger entries could not be removed"
+                " (they will be delivered when their lease lapses): {error}",
+                count=len(entries), error=str(error),
+            )
+
+
+@implementer(IFiringRecorder)
+class OneTransaction:
+    """The SQLite store and ledger of one database, written in one transaction."""
+
+    def __init__(self, store: SQLiteStore, ledger: SQLiteLedger) -> None:
+        if store.database is not ledger.database:
+            raise ValueError("OneTransaction needs the store and the ledger on one SQLiteDatabase")
+        self._store = store
+        self._ledger = ledger
+
+    async def record(self, firing: Record, deliveries: list[Record],
+                     entries: list[PendingDelivery], leased_until: float) -> None:
+        """See ``IFiringRecorder.record``."""
+        await self._store.insert_firing(
+            firing, deliveries, also=self._ledger.adding(entries, leased_until=leased_until))
+
+
+def recorder_for(store: Any, ledger: Any) -> IFiringRecorder:
+    """``OneTransaction`` when ``store`` and ``ledger`` share one SQLite
+    database, else ``SeparateWrites``."""
+    if (isinstance(store, SQLiteStore) and isinstance(ledger, SQLiteLedger)
+            and store.database is ledger.database):
+        return OneTransaction(store, ledger)
+    return SeparateWrites(store, ledger)
