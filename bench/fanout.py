@@ -47,11 +47,13 @@ async def main(reactor: Any) -> None:
     sampler = harness.RssSampler(reactor, pid, 0.1)
     progress("firing once to %d subscriptions (receivers answer after %gs, cap %d in flight)",
              arguments.subscriptions, arguments.delay, arguments.max_in_flight)
+    cpu_before = harness.cpu_seconds(pid)
     fired = time.time()
     await api.trigger(owner, registration_id)
     answered = time.time() - fired
     posts, last = await harness.wait_for_posts(reactor, [receiver], arguments.subscriptions, arguments.timeout)
     peak = sampler.stop()
+    cpu = harness.cpu_seconds(pid) - cpu_before
     await daemon.terminate(timeout=30)
     elapsed = last - fired
     ideal = math.ceil(arguments.subscriptions / arguments.max_in_flight) * arguments.delay
@@ -61,9 +63,11 @@ async def main(reactor: Any) -> None:
         % (posts, arguments.subscriptions, elapsed, arguments.max_in_flight, arguments.delay, ideal, ratio),
         "trigger answered 201 in %.3fs" % (answered,),
         "daemon RSS: %.0f MB before the trigger, peak %.0f MB (+%.0f MB)" % (baseline, peak, peak - baseline),
+        "daemon CPU: %.3f ms per delivery, %.0f %% of one core over the run"
+        % (1000 * cpu / max(1, posts), 100 * cpu / max(elapsed, 1e-9)),
     ], {"args": vars(arguments), "deliveries": posts, "seconds": round(elapsed, 3), "ideal_seconds": ideal,
         "vs_ideal": round(ratio, 3), "trigger_seconds": round(answered, 3), "rss_before_mb": round(baseline, 1),
-        "rss_peak_mb": round(peak, 1)})
+        "rss_peak_mb": round(peak, 1), "daemon_cpu_ms_per_delivery": round(1000 * cpu / max(1, posts), 3)})
 
 
 if __name__ == "__main__":

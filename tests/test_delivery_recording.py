@@ -134,3 +134,37 @@ async def test_a_ledger_that_cannot_be_written_leaves_no_firing(tmp_path: Path, 
             await recorder_for(store, ledger).record(firing, deliveries, entries, LEASED_UNTIL)
         assert (await store.list_firings(0, 10)).rows == []
         assert await store.get_deliveries(firing["id"]) == []
+
+
+def attempt_record(number: int, ok: bool) -> dict[str, Any]:
+    """What the scheduler logs of one attempt."""
+    return {"attempt": number, "at": 5.5, "ok": ok, "status_code": 200 if ok else 500,
+            "error": None, "duration": 0.25}
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-file", "two-files"])
+@pytest_twisted.ensureDeferred
+async def test_an_outcome_is_logged_and_in_one_file_settles_the_ledger_too(tmp_path: Path, shared: bool) -> None:
+    """``record_outcome`` logs the attempt on the delivery; in one file it also
+    finishes (success) or reschedules (retry) the ledger entry in the same
+    write and says so, otherwise it leaves the ledger to the caller."""
+    async with sqlite_pair(tmp_path, shared) as (store, ledger):
+        world = await world_of(store)
+        recorder = recorder_for(store, ledger)
+        firing, deliveries, entries = planned(world, 2)
+        await recorder.record(firing, deliveries, entries, LEASED_UNTIL)
+        delivered, retried = entries
+        later = PendingDelivery(**{**vars(retried), "attempt": 1, "due": 7.0})
+        assert await recorder.record_outcome(delivered, attempt_record(1, True), True, None) is shared
+        assert await recorder.record_outcome(retried, attempt_record(1, False), False, later) is shared
+        logged = {d["id"]: d for d in await store.get_deliveries(firing["id"])}
+        assert logged[delivered.id]["state"] == "delivered"
+        assert logged[delivered.id]["attempts"] == [attempt_record(1, True)]
+        assert logged[retried.id]["state"] == "pending"
+        assert logged[retried.id]["attempts"] == [attempt_record(1, False)]
+        assert (await store.get_account(retried.account_id))["failed_count"] == 1
+        if shared:
+            assert await ledger.count() == 1
+            assert await ledger.claim(7.0, 10, 30) == [later]
+        else:
+            assert await ledger.count() == 2

@@ -1,4 +1,7 @@
-"""Writing a firing down: its record, its delivery records, its ledger entries.
+"""Writing down what the delivery machinery does, in the store and the ledger:
+a firing (its record, its delivery records, its ledger entries), and each
+attempt's outcome (the attempt log, the subscriber's ``failed_count``, the
+ledger entry finished or rescheduled).
 
 Two ways, one interface:
 
@@ -10,7 +13,9 @@ Two ways, one interface:
   anyway (at least once, never lost).
 - ``OneTransaction`` (the embedded default: the SQLite store and the SQLite
   ledger in one file): both in one transaction, so they commit together or
-  not at all, with one trip to the database thread instead of two.
+  not at all, with one trip to the database thread instead of two.  An
+  attempt's log entry and its ledger update also share one (group-committed)
+  transaction.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ class IFiringRecorder(Interface):
         call has failed) none of it.  Raises ``errors.StoreUnavailable`` when
         the store or the ledger cannot be written."""
 
+    def record_outcome(entry, attempt, final, retry):
+        """Log ``attempt`` (an ``AttemptOutcome.record``) of ``entry`` in the
+        store (``IStore.record_attempt``); True when the ledger entry was
+        updated in the same write (finished when ``retry`` is None, else
+        replaced by ``retry``), False when the caller updates the ledger."""
+
 
 @implementer(IFiringRecorder)
 class SeparateWrites:
@@ -57,6 +68,12 @@ class SeparateWrites:
         except BaseException:
             await self._forget(entries)
             raise
+
+    async def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
+                             retry: PendingDelivery | None) -> bool:
+        """See ``IFiringRecorder.record_outcome``: the store only."""
+        await self._store.record_attempt(entry.id, entry.account_id, attempt, final)
+        return False
 
     async def _forget(self, entries: list[PendingDelivery]) -> None:
         """Remove the ledger entries of a firing that could not be recorded."""
@@ -88,6 +105,13 @@ class OneTransaction:
         """See ``IFiringRecorder.record``."""
         await self._store.insert_firing(
             firing, deliveries, also=self._ledger.adding(entries, leased_until=leased_until))
+
+    async def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
+                             retry: PendingDelivery | None) -> bool:
+        """See ``IFiringRecorder.record_outcome``: the store and the ledger together."""
+        update = self._ledger.finishing(entry.id) if retry is None else self._ledger.rescheduling(retry)
+        await self._store.record_attempt(entry.id, entry.account_id, attempt, final, also=update)
+        return True
 
 
 def recorder_for(store: Any, ledger: Any) -> IFiringRecorder:

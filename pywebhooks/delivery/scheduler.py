@@ -9,7 +9,10 @@ daemons sharing a Redis ledger add, and leases that lapse.
 
 After an attempt: the outcome goes to the store (attempt log and
 ``failed_count``), then the entry leaves the ledger (success, or the last
-attempt) or is rescheduled after the next retry delay.  A crash anywhere
+attempt) or is rescheduled after the next retry delay.  The attempt's slot
+is free as soon as its HTTP exchange ends, so the next attempt does not
+wait for that bookkeeping; at most ``max_in_flight`` outcomes are being
+recorded at a time (past that, no new attempt starts).  A crash anywhere
 leaves the entry in the ledger, leased at worst, so it is attempted again:
 at least once, always with the same delivery id.
 """
@@ -26,6 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from pywebhooks.delivery.deliverer import AttemptOutcome
+from pywebhooks.delivery.recording import IFiringRecorder, recorder_for
 from pywebhooks.errors import StoreUnavailable
 from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.settings import Settings
@@ -49,17 +53,20 @@ class DeliveryScheduler(Service):
 
     def __init__(self, clock: IReactorTime, ledger: Any, store: Any, deliverer: Any,
                  settings: Settings, *, poll_interval: float = POLL_INTERVAL,
-                 retry_interval: float = RETRY_INTERVAL) -> None:
+                 retry_interval: float = RETRY_INTERVAL, recorder: IFiringRecorder | None = None) -> None:
         self._clock = clock
         self._ledger = ledger
         self._store = store
+        self._recorder = recorder if recorder is not None else recorder_for(store, ledger)
         self._deliverer = deliverer
         self._settings = settings
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
         self._timer: IDelayedCall | None = None
-        #: ids of the deliveries being attempted (request, then bookkeeping)
+        #: ids of the deliveries whose HTTP attempt is running
         self._in_flight: set[str] = set()
+        #: ids of the deliveries whose outcome is being recorded
+        self._settling: set[str] = set()
         #: delivery id -> the Deferred of its HTTP request, while it runs
         self._requests: dict[str, Deferred[AttemptOutcome]] = {}
         self._pumping = False
@@ -130,7 +137,7 @@ class DeliveryScheduler(Service):
         return await self._bounded(waiter, seconds)
 
     def _is_idle(self) -> bool:
-        return not self._in_flight and not self._pumping
+        return not self._in_flight and not self._settling and not self._pumping
 
     def _check_idle(self) -> None:
         if self._is_idle() and self._idle_waiters:
@@ -140,8 +147,13 @@ class DeliveryScheduler(Service):
 
     @property
     def in_flight(self) -> int:
-        """How many attempts are in progress."""
+        """How many HTTP attempts are in progress."""
         return len(self._in_flight)
+
+    @property
+    def settling(self) -> int:
+        """How many attempt outcomes are being recorded."""
+        return len(self._settling)
 
     # -- claiming ---------------------------------------------------------
 
@@ -171,7 +183,10 @@ class DeliveryScheduler(Service):
         self.wake()
 
     def _free_slots(self) -> int:
-        return self._settings.max_in_flight - len(self._in_flight)
+        cap = self._settings.max_in_flight
+        if len(self._settling) >= cap:
+            return 0  # the store is behind: let it catch up first
+        return cap - len(self._in_flight)
 
     async def _pump(self) -> None:
         """Claim and start what is due, then set the timer; never raises."""
@@ -257,13 +272,14 @@ class DeliveryScheduler(Service):
     # -- attempts ---------------------------------------------------------
 
     def _start(self, entry: PendingDelivery) -> None:
-        if entry.id in self._in_flight:
+        if entry.id in self._in_flight or entry.id in self._settling:
             return
         self._in_flight.add(entry.id)
         Deferred.fromCoroutine(self._deliver(entry))
 
     async def _deliver(self, entry: PendingDelivery) -> None:
         """Make one attempt and record it; never raises."""
+        answered = False
         try:
             request = Deferred.fromCoroutine(self._deliverer.attempt(entry))
             if not request.called:
@@ -272,6 +288,10 @@ class DeliveryScheduler(Service):
                 outcome = await request
             finally:
                 self._requests.pop(entry.id, None)
+                self._in_flight.discard(entry.id)
+            answered = True
+            self._settling.add(entry.id)
+            self._slot_freed()
             await self._settle(entry, outcome)
         except CancelledError:
             pass  # shutting down: the entry is released by _drain
@@ -279,10 +299,16 @@ class DeliveryScheduler(Service):
             self.log.failure("delivery {delivery_id} attempt {attempt} crashed",
                              delivery_id=entry.id, attempt=entry.attempt + 1)
         finally:
-            self._in_flight.discard(entry.id)
-            if self._backlog:
-                self.wake()
+            recorders_were_full = len(self._settling) >= self._settings.max_in_flight
+            self._settling.discard(entry.id)
+            if recorders_were_full or not answered:
+                self._slot_freed()
             self._check_idle()
+
+    def _slot_freed(self) -> None:
+        """Claim again when due entries may be waiting for a slot."""
+        if self._backlog:
+            self.wake()
 
     async def _settle(self, entry: PendingDelivery, outcome: AttemptOutcome) -> None:
         """Record the outcome, then finish or reschedule the ledger entry."""
@@ -294,18 +320,21 @@ class DeliveryScheduler(Service):
             # Successes are not logged: the store has their record, and on the
             # hot path a log event costs a noticeable share of an attempt.
             self._log_failure(entry, number, outcome, final)
+        retry = None
+        if not final:
+            retry = dataclasses.replace(entry, attempt=number, due=self._clock.seconds() + delays[number - 1])
         try:
-            await self._store.record_attempt(entry.id, entry.account_id, outcome.record(number), final)
+            if await self._recorder.record_outcome(entry, outcome.record(number), final, retry):
+                if retry is not None:
+                    self._set_timer(retry.due)
+                return
         except Exception as error:
             self.log.warn("could not record attempt {attempt} of delivery {delivery_id}: {error}",
                           attempt=number, delivery_id=entry.id, error=str(error))
-        if final:
+        if retry is None:
             await self._update_ledger(entry, outcome, lambda: self._ledger.finish(entry.id))
-        else:
-            due = self._clock.seconds() + delays[number - 1]
-            retry = dataclasses.replace(entry, attempt=number, due=due)
-            if await self._update_ledger(entry, outcome, lambda: self._ledger.reschedule(retry)):
-                self._set_timer(due)
+        elif await self._update_ledger(entry, outcome, lambda: self._ledger.reschedule(retry)):
+            self._set_timer(retry.due)
 
     async def _update_ledger(self, entry: PendingDelivery, outcome: AttemptOutcome,
                              update: Callable[[], Awaitable[None]]) -> bool:

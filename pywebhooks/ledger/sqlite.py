@@ -119,6 +119,10 @@ class SQLiteLedger:
 
     async def reschedule(self, entry: PendingDelivery) -> None:
         """Store the entry's new attempt and due time and drop its lease."""
+        await self._database.run_grouped(self.rescheduling(entry))
+
+    def rescheduling(self, entry: PendingDelivery) -> Callable[[sqlite3.Connection], None]:
+        """The statements of ``reschedule``, for a transaction of the caller's."""
         row = (entry.due, entry.due, entry.to_json(), entry.id)
 
         def update(connection: sqlite3.Connection) -> None:
@@ -128,15 +132,19 @@ class SQLiteLedger:
                 row,
             )
 
-        await self._database.run_grouped(update)
+        return update
 
     async def finish(self, delivery_id: str) -> None:
         """Remove the entry."""
+        await self._database.run_grouped(self.finishing(delivery_id))
+
+    def finishing(self, delivery_id: str) -> Callable[[sqlite3.Connection], None]:
+        """The statements of ``finish``, for a transaction of the caller's."""
 
         def delete(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM pending_deliveries WHERE id = ?", (delivery_id,))
 
-        await self._database.run_grouped(delete)
+        return delete
 
     async def release(self, delivery_ids: Iterable[str]) -> None:
         """Drop the leases of these entries: due again at once."""

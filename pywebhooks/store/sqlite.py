@@ -36,7 +36,6 @@ from pywebhooks.store.memory import (
     check_page,
     check_record,
     deleted,
-    delivery_state,
 )
 
 T = TypeVar("T")
@@ -581,33 +580,40 @@ class SQLiteStore:
         return await self._run(read)
 
     async def record_attempt(
-        self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
+        self,
+        delivery_id: str,
+        account_id: str,
+        attempt: Mapping[str, Any],
+        final: bool,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int | None:
         """Log ``attempt`` on the delivery and count it on the subscriber, in one
         transaction; the count is a single ``UPDATE``.
 
+        The attempt is appended inside SQLite (``json_insert``), so the log
+        is never read back into Python however long it grows.
         Group-committed (``SQLiteDatabase.run_grouped``): attempts settled while
         a transaction runs share the next one.  Each runs its own statements in
         order inside it, so each caller still gets its own new count.
+        ``also`` (another writer's statements on this database, such as
+        ``SQLiteLedger.finishing``) runs after them in the same transaction.
         """
-        logged = json.loads(json.dumps(attempt))
+        logged = json.dumps(attempt)
+        state = "delivered" if attempt["ok"] else "failed" if final else None
         count = "0" if attempt["ok"] else "failed_count + 1"
+        log_statement = (
+            "UPDATE deliveries SET state = coalesce(?, state),"
+            " attempts = json_insert(attempts, '$[#]', json(?)) WHERE id = ?"
+        )
+        count_statement = (
+            "UPDATE accounts SET failed_count = %s WHERE id = ? RETURNING failed_count" % (count,)
+        )
 
         def record(connection: sqlite3.Connection) -> int | None:
-            row = connection.execute(
-                "SELECT state, attempts FROM deliveries WHERE id = ?", (delivery_id,)
-            ).fetchone()
-            if row is not None:
-                attempts = json.loads(row[1])
-                attempts.append(logged)
-                connection.execute(
-                    "UPDATE deliveries SET state = ?, attempts = ? WHERE id = ?",
-                    (delivery_state(row[0], attempt, final), json.dumps(attempts), delivery_id),
-                )
-            counted = connection.execute(
-                "UPDATE accounts SET failed_count = %s WHERE id = ? RETURNING failed_count"
-                % (count,), (account_id,)
-            ).fetchone()
+            connection.execute(log_statement, (state, logged, delivery_id))
+            counted = connection.execute(count_statement, (account_id,)).fetchone()
+            if also is not None:
+                also(connection)
             return None if counted is None else counted[0]
 
         return await self._run(record, grouped=True)
