@@ -2,15 +2,18 @@
 
 Built once and injected: a persistent connection pool sized for fan-out
 (Twisted's default keeps only 2 idle connections per host), an ``Agent``
-that verifies TLS certificates against the system's trust roots, and no
+that verifies TLS certificates against the system's trust roots, no
 redirect handling (``Agent`` never follows one; callers also pass
-``allow_redirects=False`` to treq).  Every Agent of the daemon is built by
+``allow_redirects=False`` to treq), and no cookies: treq's client keeps a
+cookie jar by default, which would send a cookie set by one subscriber's
+endpoint to every other endpoint on that host.  Every Agent of the daemon is built by
 ``make_agent`` so that a connect-time address policy can be added in one
 place: the connect-time target policy of ``guarded_agent``.
 """
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 from treq.client import HTTPClient
@@ -60,5 +63,11 @@ def make_http_client(
     pool: HTTPConnectionPool | None = None,
     tls_policy: IPolicyForHTTPS | None = None,
 ) -> HTTPClient:
-    """A treq ``HTTPClient`` over ``make_agent``; pass ``pool`` to close it later."""
-    return HTTPClient(make_agent(reactor, settings, pool, tls_policy))
+    """A treq ``HTTPClient`` over ``make_agent`` that keeps no cookies; pass
+    ``pool`` to close it later."""
+    return HTTPClient(make_agent(reactor, settings, pool, tls_policy), cookiejar=no_cookies())
+
+
+def no_cookies() -> CookieJar:
+    """A cookie jar that refuses every cookie (so it never sends one)."""
+    return CookieJar(DefaultCookiePolicy(allowed_domains=[]))

@@ -80,6 +80,23 @@ class _Redirect(Resource):
         return b""
 
 
+class _CookieSetter(Resource):
+    """Answers 200 with a Set-Cookie; notes every Cookie header it is sent."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts: list[str] = []
+        self.cookies_sent: list[bytes] = []
+
+    def render_POST(self, request: Request) -> bytes:
+        self.posts.append(request.path.decode())
+        self.cookies_sent.extend(request.requestHeaders.getRawHeaders(b"cookie", []))
+        request.setHeader(b"set-cookie", b"session=%s; Path=/" % (request.path,))
+        return b"{}"
+
+
 class _Counting(Resource):
     """Answers 200 after ``delay``; counts concurrent requests."""
 
@@ -325,6 +342,27 @@ async def test_a_redirect_is_a_failure_and_is_not_followed(
     assert await world.failed_count(subscriber) == 1
     await sleep(0.1)
     assert receiver.posts == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cookie_set_by_a_receiver_is_never_sent_back(
+        storage: Any, servers: list[IListeningPort], daemons: list[DeliveryNode]) -> None:
+    """Deliveries keep no cookies: a Set-Cookie from one subscriber's endpoint
+    never reaches it or another subscriber's endpoint on the same host."""
+    store, ledger = storage
+    world = await World.create(store, reactor())
+    setter = _CookieSetter()
+    base = await listen(servers, Site(setter))
+    await world.subscribe(base + "/alice")
+    await world.subscribe(base + "/bob")
+    daemon = DeliveryNode(store, ledger).start()
+    daemons.append(daemon)
+    for round_number in (1, 2, 3):
+        firing = await fired(daemon, world)
+        await eventually(settled(store, firing, 2))
+        assert len(setter.posts) == 2 * round_number
+    assert sorted(setter.posts) == ["/alice"] * 3 + ["/bob"] * 3
+    assert setter.cookies_sent == []
 
 
 @pytest_twisted.ensureDeferred
