@@ -6,7 +6,10 @@ that verifies TLS certificates against the system's trust roots, no
 redirect handling (``Agent`` never follows one; callers also pass
 ``allow_redirects=False`` to treq), and no cookies: treq's client keeps a
 cookie jar by default, which would send a cookie set by one subscriber's
-endpoint to every other endpoint on that host.  Every Agent of the daemon is built by
+endpoint to every other endpoint on that host.  A ``bytes`` body is
+written to the connection at once (``BytesProducer``) instead of through
+treq's default ``FileBodyProducer``, which runs a ``Cooperator`` and sends
+every body one reactor turn later.  Every Agent of the daemon is built by
 ``make_agent`` so that a connect-time address policy can be added in one
 place: the connect-time target policy of ``guarded_agent``.
 """
@@ -17,8 +20,11 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 from treq.client import HTTPClient
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.iweb import IAgent, IPolicyForHTTPS
+from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS
+from zope.interface import implementer
 
 from pywebhooks import guarded_agent
 from pywebhooks.settings import Settings
@@ -65,9 +71,41 @@ def make_http_client(
 ) -> HTTPClient:
     """A treq ``HTTPClient`` over ``make_agent`` that keeps no cookies; pass
     ``pool`` to close it later."""
-    return HTTPClient(make_agent(reactor, settings, pool, tls_policy), cookiejar=no_cookies())
+    return HTTPClient(make_agent(reactor, settings, pool, tls_policy), cookiejar=no_cookies(),
+                      data_to_body_producer=body_producer)
 
 
 def no_cookies() -> CookieJar:
     """A cookie jar that refuses every cookie (so it never sends one)."""
     return CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A request body already in memory, written in one piece."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        """Write the whole body; done at once."""
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        """Nothing to pause: everything was written at the start."""
+
+    def resumeProducing(self) -> None:
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:
+        """Nothing to stop."""
+
+
+def body_producer(data: Any) -> IBodyProducer:
+    """treq's ``data_to_body_producer``: ``BytesProducer`` for bytes, treq's
+    default adaptation (file-like objects) for anything else."""
+    if isinstance(data, bytes):
+        return BytesProducer(data)
+    return IBodyProducer(data)
