@@ -276,6 +276,74 @@ async def test_waits_with_one_timer_for_the_next_due_entry() -> None:
     await unit.stop()
 
 
+class CountingLedger(MemoryLedger):
+    """A memory ledger that counts the claims that found something, and releases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+        self.released: list[str] = []
+
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[PendingDelivery]:
+        entries = await super().claim(now, limit, lease_seconds)
+        self.claims += bool(entries)
+        return entries
+
+    async def release(self, delivery_ids: Any) -> None:
+        ids = list(delivery_ids)
+        self.released.extend(ids)
+        await super().release(ids)
+
+
+def counting_unit(**overrides: Any) -> Unit:
+    """A Unit whose ledger counts claims and releases."""
+    unit = Unit(**overrides)
+    unit.ledger = CountingLedger()
+    unit.scheduler = DeliveryScheduler(unit.clock, unit.ledger, unit.store, unit.deliverer, unit.settings)
+    unit.dispatcher = Dispatcher(unit.clock, unit.store, unit.ledger, unit.scheduler, unit.settings)
+    return unit
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fan_outs_surplus_waits_here_and_starts_as_slots_free() -> None:
+    """Entries of a firing beyond the free slots (up to max_in_flight more) wait
+    in the scheduler, still leased, and start the moment a slot frees: no
+    release and no claim in between."""
+    unit = await counting_unit(max_in_flight=10).start(subscribers=15)
+    unit.receiver.hanging.add("/account/endpoint")
+    await unit.fire()
+    assert unit.scheduler.in_flight == 10
+    unit.clock.advance(5)  # the first ten time out; the five waiting start at once
+    assert unit.receiver.times()[10:] == [5.0] * 5
+    assert (unit.ledger.claims, unit.ledger.released) == (0, [])
+    unit.receiver.hanging.clear()
+    await unit.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_waiting_here_are_released_at_shutdown() -> None:
+    """Stopping releases the entries waiting for a slot: another daemon can claim them at once."""
+    unit = await counting_unit(max_in_flight=2, shutdown_grace=1.0).start(subscribers=5)
+    unit.receiver.hanging.add("/account/endpoint")
+    await unit.fire()
+    assert unit.scheduler.in_flight == 2
+    await unit.stop()
+    assert len(await unit.ledger.claim(unit.clock.seconds(), 100, 60)) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_short_lease_nothing_waits_here() -> None:
+    """When the lease is short against an attempt, the surplus is released to
+    the ledger at once instead of waiting here."""
+    unit = await counting_unit(max_in_flight=2, lease_seconds=10.0).start(subscribers=5)
+    unit.receiver.hanging.add("/account/endpoint")
+    await unit.fire()
+    assert unit.scheduler.in_flight == 2
+    assert len(unit.ledger.released) == 3
+    unit.receiver.hanging.clear()
+    await unit.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_stop_waits_for_attempts_then_leaves_them_pending() -> None:
     """Stopping waits up to the grace period, then abandons attempts, which stay due in the ledger."""

@@ -6,7 +6,8 @@
    shared Redis) attempts them before this one does; nothing is half
    recorded, and a failure goes to the caller (503 for ``StoreUnavailable``);
 2. the entries go to the local scheduler, which starts what fits under its
-   in-flight cap at once and releases the rest to be claimed in turn.
+   in-flight cap at once, keeps some more waiting for a slot, and releases
+   the rest to be claimed in turn.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class Dispatcher:
         firing = {"epoch": now, "id": new_id(), "registration_id": registration["id"]}
         subscribers = await self._store.subscribers(registration["id"])
         deliveries, entries = self._plan(firing, registration, delivery_body(event_data), subscribers)
-        await self._recorder.record(firing, deliveries, entries, now + self._settings.lease_seconds)
-        self._scheduler.submit(entries)
+        leased_until = now + self._settings.lease_seconds
+        await self._recorder.record(firing, deliveries, entries, leased_until)
+        self._scheduler.submit(entries, leased_until)
         return firing
 
     def _plan(self, firing: Record, registration: Record, body: str,

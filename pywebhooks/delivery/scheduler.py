@@ -12,13 +12,21 @@ After an attempt: the outcome goes to the store (attempt log and
 attempt) or is rescheduled after the next retry delay.  The attempt's slot
 is free as soon as its HTTP exchange ends, so the next attempt does not
 wait for that bookkeeping; at most ``max_in_flight`` outcomes are being
-recorded at a time (past that, no new attempt starts).  A crash anywhere
+recorded at a time (past that, no new attempt starts).  Up to another
+``max_in_flight`` leased entries wait in memory for a slot (the surplus of
+a fan-out, or of a claim), so that a slot that frees starts the next
+attempt at once instead of after a trip to the ledger; one whose lease has
+become too short for a whole attempt is released instead.  Entries are held
+only when the lease is long against an attempt (``--lease-seconds`` at
+least three times ``--request-timeout`` plus the retry interval, as with
+the defaults), so that holding never turns into claiming and releasing.  A crash anywhere
 leaves the entry in the ledger, leased at worst, so it is attempted again:
 at least once, always with the same delivery id.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -67,6 +75,8 @@ class DeliveryScheduler(Service):
         self._in_flight: set[str] = set()
         #: ids of the deliveries whose outcome is being recorded
         self._settling: set[str] = set()
+        #: leased entries waiting here for a slot, with the end of their lease
+        self._ready: collections.deque[tuple[PendingDelivery, float]] = collections.deque()
         #: delivery id -> the Deferred of its HTTP request, while it runs
         self._requests: dict[str, Deferred[AttemptOutcome]] = {}
         self._pumping = False
@@ -96,6 +106,9 @@ class DeliveryScheduler(Service):
         """Wait for attempts (``shutdown_grace``), then cancel what is left and
         release its leases (within one more grace period at most)."""
         grace = self._settings.shutdown_grace
+        waiting = [entry.id for entry, _ in self._ready]
+        self._ready.clear()
+        self._in_background(self._release(waiting))
         if not await self._wait_idle(grace):
             abandoned = list(self._requests)
             self.log.warn("shutting down with {count} deliveries in flight; they stay pending",
@@ -166,17 +179,53 @@ class DeliveryScheduler(Service):
             return
         Deferred.fromCoroutine(self._pump())
 
-    def submit(self, entries: list[PendingDelivery]) -> None:
+    def submit(self, entries: list[PendingDelivery], leased_until: float | None = None) -> None:
         """Attempt entries the caller has just added *already leased* to it
         (``ledger.add(entries, leased_until=...)``): as many as there are free
-        slots start at once, the others are released to be claimed in turn."""
+        slots start at once; with ``leased_until``, more wait here for a slot
+        (see ``_hold``); the others are released to be claimed in turn."""
         free = self._free_slots() if self.running else 0
         for entry in entries[:free]:
             self._start(entry)
-        rest = [entry.id for entry in entries[free:]]
+        rest = entries[free:]
+        if rest and self.running and leased_until is not None:
+            rest = self._hold(rest, leased_until)
         if rest:
             self._backlog = True
-            self._in_background(self._release_then_wake(rest))
+            self._in_background(self._release_then_wake([entry.id for entry in rest]))
+
+    def _hold(self, entries: list[PendingDelivery], leased_until: float) -> list[PendingDelivery]:
+        """Keep what fits of ``entries`` (leased until ``leased_until``) waiting
+        for a slot; the entries that did not fit."""
+        room = self._hold_room()
+        self._ready.extend((entry, leased_until) for entry in entries[:room])
+        return entries[room:]
+
+    def _hold_room(self) -> int:
+        """How many more leased entries may wait here for a slot."""
+        if self._settings.lease_seconds < 3 * self._attempt_margin():
+            return 0
+        return max(0, self._settings.max_in_flight - len(self._ready))
+
+    def _attempt_margin(self) -> float:
+        """The lease an entry needs left to be attempted: a whole attempt,
+        plus the time to settle it."""
+        return self._settings.request_timeout + self._retry_interval
+
+    def _start_ready(self) -> None:
+        """Start waiting entries while there are free slots; release those
+        whose lease no longer covers a whole attempt."""
+        expired: list[str] = []
+        margin = self._attempt_margin()
+        while self._ready and self._free_slots() > 0:
+            entry, leased_until = self._ready.popleft()
+            if leased_until - self._clock.seconds() < margin:
+                expired.append(entry.id)
+            else:
+                self._start(entry)
+        if expired:
+            self._backlog = True
+            self._in_background(self._release_then_wake(expired))
 
     async def _release_then_wake(self, delivery_ids: list[str]) -> None:
         await self._release(delivery_ids)
@@ -212,13 +261,17 @@ class DeliveryScheduler(Service):
             self._check_idle()
 
     async def _claim_all(self) -> None:
-        """Claim due entries until the slots are full or nothing more is due."""
+        """Claim due entries until the slots are full or nothing more is due;
+        claim up to as many again to wait here for the next free slots."""
         while self.running:
+            self._start_ready()
             free = self._free_slots()
             if free <= 0:
-                self._backlog = True
+                self._backlog = self._backlog or bool(self._ready)
                 return
-            entries = await self._ledger.claim(self._clock.seconds(), free, self._settings.lease_seconds)
+            wanted = free + self._hold_room()
+            now = self._clock.seconds()
+            entries = await self._ledger.claim(now, wanted, self._settings.lease_seconds)
             if not self.running:
                 await self._release(entry.id for entry in entries)
                 return
@@ -226,11 +279,12 @@ class DeliveryScheduler(Service):
             startable = max(0, self._free_slots())
             for entry in entries[:startable]:
                 self._start(entry)
-            if len(entries) > startable:
+            rest = self._hold(entries[startable:], now + self._settings.lease_seconds)
+            if rest:
                 self._backlog = True
-                await self._release(entry.id for entry in entries[startable:])
+                await self._release(entry.id for entry in rest)
                 return
-            self._backlog = len(entries) >= free
+            self._backlog = len(entries) >= wanted
             if not self._backlog:
                 return
 
@@ -306,7 +360,9 @@ class DeliveryScheduler(Service):
             self._check_idle()
 
     def _slot_freed(self) -> None:
-        """Claim again when due entries may be waiting for a slot."""
+        """Start an entry waiting here, and claim again when due entries may
+        be waiting in the ledger."""
+        self._start_ready()
         if self._backlog:
             self.wake()
 
