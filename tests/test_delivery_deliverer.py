@@ -120,3 +120,22 @@ async def test_a_garbled_answer_is_a_failed_attempt(deliverer: HTTPDeliverer, sc
     outcome = await deliverer.attempt(entry(url))
     assert (outcome.ok, outcome.status_code) == (False, None)
     assert outcome.error
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://127.0.0.1:8080/hook",
+    "https://receiver.example/a%20b/c?x=1&y=%C3%A9",
+    "http://bücher.example/ünïcode path/?q=ä#frag",
+    "http://user@host.example:81/",
+])
+def test_an_endpoint_is_sent_exactly_as_treq_would_send_its_string(endpoint: str) -> None:
+    """The pre-converted endpoint gives treq the same request URI as the plain string would."""
+    from hyperlink import EncodedURL
+
+    from pywebhooks.delivery.deliverer import parsed_url
+
+    as_treq_would = EncodedURL.from_text(endpoint).to_uri().to_text()
+    prepared = parsed_url(endpoint)
+    assert prepared.to_uri().to_text() == as_treq_would
+    assert prepared.to_uri().to_text() == as_treq_would  # cached, unchanged
+    assert prepared.host == EncodedURL.from_text(as_treq_would).host
