@@ -6,6 +6,9 @@ process, a path per account) answer every POST after ``--delay`` (0.1 s).
 One trigger; the time to the last receiver ack is compared with the ideal
 for the in-flight cap: ``ceil(subscriptions / max_in_flight) * delay``.
 The daemon's RSS is sampled throughout (before the trigger = baseline).
+As a reference, a bare treq loop (``--max-in-flight`` at a time, no
+daemon) first POSTs ``--reference-posts`` times to the same receiver: its
+rate is what the sender alone reaches against these receivers.
 
     .venv/bin/python bench/fanout.py [--subscriptions 10000 --max-in-flight 100 --ledger sqlite]
 """
@@ -30,6 +33,8 @@ async def main(reactor: Any) -> None:
     parser.add_argument("--max-in-flight", type=int, default=100)
     parser.add_argument("--ledger", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--reference-posts", type=int, default=5000,
+                        help="POSTs of the bare treq loop run first as a reference")
     arguments = parser.parse_args()
     directory = harness.workdir("fanout")
     receiver = harness.start_receiver(delay=arguments.delay)
@@ -41,6 +46,10 @@ async def main(reactor: Any) -> None:
     owner, registration_id = await harness.make_fanout(
         api, daemon.admin, lambda i: receiver.url("/slow/%d" % (i,)), arguments.accounts,
         arguments.subscriptions, concurrency=32)
+    progress("reference: a bare treq loop, %d at a time, %d POSTs to the same receiver",
+             arguments.max_in_flight, arguments.reference_posts)
+    reference_rate = await harness.bare_treq_loop(reactor, receiver.url("/slow/reference"),
+                                                  arguments.reference_posts, arguments.max_in_flight)
     receiver.reset()
     pid = daemon.process.pid  # type: ignore[union-attr]
     baseline = harness.rss_mb(pid)
@@ -58,15 +67,20 @@ async def main(reactor: Any) -> None:
     elapsed = last - fired
     ideal = math.ceil(arguments.subscriptions / arguments.max_in_flight) * arguments.delay
     ratio = elapsed / ideal
+    reference = arguments.subscriptions / reference_rate
     harness.summary("fanout", [
         "%d/%d deliveries in %.2fs; ideal for cap %d at %gs each: %.2fs -> %.3fx (target <= 1.3x)"
         % (posts, arguments.subscriptions, elapsed, arguments.max_in_flight, arguments.delay, ideal, ratio),
+        "reference: a bare treq loop (%d at a time, same receiver) would take %.2fs -> %.3fx ideal;"
+        " the daemon took %.3fx the bare loop's time" % (arguments.max_in_flight, reference, reference / ideal,
+                                                           elapsed / reference),
         "trigger answered 201 in %.3fs" % (answered,),
         "daemon RSS: %.0f MB before the trigger, peak %.0f MB (+%.0f MB)" % (baseline, peak, peak - baseline),
         "daemon CPU: %.3f ms per delivery, %.0f %% of one core over the run"
         % (1000 * cpu / max(1, posts), 100 * cpu / max(elapsed, 1e-9)),
     ], {"args": vars(arguments), "deliveries": posts, "seconds": round(elapsed, 3), "ideal_seconds": ideal,
-        "vs_ideal": round(ratio, 3), "trigger_seconds": round(answered, 3), "rss_before_mb": round(baseline, 1),
+        "vs_ideal": round(ratio, 3),
+        "bare_treq_per_s": round(reference_rate, 1), "bare_treq_vs_ideal": round(reference / ideal, 3), "trigger_seconds": round(answered, 3), "rss_before_mb": round(baseline, 1),
         "rss_peak_mb": round(peak, 1), "daemon_cpu_ms_per_delivery": round(1000 * cpu / max(1, posts), 3)})
 
 

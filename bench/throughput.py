@@ -25,47 +25,12 @@ from typing import Any
 
 import harness
 from harness import progress
-from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.web.client import Agent, HTTPConnectionPool
-
-from pywebhooks.delivery.signing import signature_headers
-
-EVENT_DATA = {"order": 12345, "items": ["a", "b", "c"], "note": "x" * 200}
-
-
-async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -> float:
-    """POST ``count`` times with ``concurrency`` workers on one pool; requests per second."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = max(2, concurrency)
-    client = HTTPClient(Agent(reactor, pool=pool))
-    body = json.dumps(EVENT_DATA, sort_keys=True)
-    headers = signature_headers("s" * 40, "0" * 36, int(time.time()), body, "bench.event")
-    data = body.encode()
-    remaining = [count]
-
-    async def worker() -> None:
-        while remaining[0] > 0:
-            remaining[0] -= 1
-            response = await client.post(url, data=data, headers=headers, allow_redirects=False,
-                                         unbuffered=True, reactor=reactor, timeout=10)
-            await response.content()
-            if response.code != 200:
-                raise RuntimeError("receiver answered %d" % (response.code,))
-
-    started = time.monotonic()
-    cpu_started = time.process_time()
-    await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)], consumeErrors=True)
-    elapsed = time.monotonic() - started
-    progress("bare treq loop: %.3f ms CPU per POST", 1000 * (time.process_time() - cpu_started) / count)
-    await pool.closeCachedConnections()
-    return count / elapsed
-
 
 def wrk_post(url: str, connections: int, seconds: float, directory: Path) -> dict[str, Any]:
     """``wrk`` POSTing the delivery body."""
     script = directory / "post.lua"
-    body = json.dumps(EVENT_DATA, sort_keys=True)
+    body = json.dumps(harness.EVENT_DATA, sort_keys=True)
     script.write_text('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
                       % (json.dumps(body),))
     return harness.run_wrk(url, connections, seconds, script=str(script))
@@ -142,7 +107,7 @@ async def main(reactor: Any) -> None:
     figures: dict[str, Any] = {"args": vars(arguments)}
 
     progress("bare treq loop: %d POSTs, %d concurrent", count, arguments.max_in_flight)
-    bare = [await bare_treq_loop(reactor, url, count, arguments.max_in_flight)]
+    bare = [await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight)]
     progress("bare treq loop: %.0f/s", bare[0])
     progress("wrk: %d connections, %gs", arguments.max_in_flight, arguments.wrk_seconds)
     wrk = wrk_post(url, arguments.max_in_flight, arguments.wrk_seconds, directory)
@@ -164,7 +129,7 @@ async def main(reactor: Any) -> None:
 
     progress("bare treq loop again")
     receiver.reset()
-    bare.append(await bare_treq_loop(reactor, url, count, arguments.max_in_flight))
+    bare.append(await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight))
     progress("bare treq loop: %.0f/s", bare[1])
     reference = max(bare)
     lines = ["bare treq loop: %s/s (reference = best: %.0f/s)" % (" and ".join("%.0f" % b for b in bare), reference),
