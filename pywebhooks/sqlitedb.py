@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 from pywebhooks.batching import GroupCommit
+from pywebhooks.checkpoint import Checkpointer
 from pywebhooks.dbthread import WorkerThread
 from pywebhooks.errors import StoreUnavailable
 
@@ -50,6 +51,7 @@ class SQLiteDatabase:
     def __init__(self, reactor: IReactorFromThreads, path: str) -> None:
         self.path = path
         self._thread = WorkerThread(reactor, "sqlite:" + path)
+        self._checkpointer = Checkpointer(reactor, path)
         self._connection: sqlite3.Connection | None = None
         self._users = 0
         self._grouped: GroupCommit[Callable[[sqlite3.Connection], Any], Any] = GroupCommit(
@@ -70,6 +72,7 @@ class SQLiteDatabase:
             self._users -= 1
             self._thread.stop()
             raise
+        await self._start_checkpoints()
 
     async def close(self) -> None:
         """Close the connection and stop the thread when the last user closes."""
@@ -77,9 +80,26 @@ class SQLiteDatabase:
         if self._users > 0:
             return
         try:
+            await self._checkpointer.stop()
             await self.run_raw(self._disconnect)
         finally:
             self._thread.stop()
+
+    async def _start_checkpoints(self) -> None:
+        """Checkpoint on a connection of its own (see ``checkpoint``); if that
+        cannot be opened, let SQLite checkpoint inside commits as usual."""
+        try:
+            await self._checkpointer.start()
+        except Exception as error:
+            self.log.warn("sqlite {path}: checkpoints stay in the commits ({error})",
+                          path=self.path, error=str(error))
+            await self.run_raw(lambda: self._connection and self._connection.execute(
+                "PRAGMA wal_autocheckpoint=1000"))
+
+    @property
+    def checkpointer(self) -> Checkpointer:
+        """What copies this database's write-ahead log back into its file."""
+        return self._checkpointer
 
     def _connect(self) -> None:
         connection = sqlite3.connect(
@@ -95,6 +115,8 @@ class SQLiteDatabase:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=OFF")
             connection.execute("PRAGMA busy_timeout=5000")
+            # The Checkpointer copies the log back on its own connection.
+            connection.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
             connection.close()
             raise
