@@ -76,8 +76,23 @@ def make_http_client(
 
 
 def no_cookies() -> CookieJar:
-    """A cookie jar that refuses every cookie (so it never sends one)."""
-    return CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+    """A cookie jar that keeps no cookie and adds none to a request."""
+    return NoCookieJar(DefaultCookiePolicy(allowed_domains=[]))
+
+
+class NoCookieJar(CookieJar):
+    """Stores nothing and looks at nothing: treq wraps every request in a
+    ``CookieAgent``, and with this jar it costs nothing beyond the wrapping.
+    (Its policy also refuses every cookie, should anything call past these.)"""
+
+    def add_cookie_header(self, request: Any) -> None:
+        """Add no Cookie header."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Keep none of the response's cookies."""
+
+    def set_cookie(self, cookie: Any) -> None:
+        """Keep no cookie."""
 
 
 @implementer(IBodyProducer)
