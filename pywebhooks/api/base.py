@@ -10,10 +10,10 @@ body once (413/415/400 before anything else) and hands the handler
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,7 +22,7 @@ from twisted.web.iweb import IRequest
 from pywebhooks.api.http import ApiError, authenticate, read_body
 from pywebhooks.outbound import EndpointClient
 from pywebhooks.ratelimit import RateLimiter
-from pywebhooks.records import Record
+from pywebhooks.records import Page, Record
 from pywebhooks.settings import Settings
 from pywebhooks.store.interface import IStore
 
@@ -30,6 +30,8 @@ from pywebhooks.store.interface import IStore
 router = Klein()
 
 Handler = Callable[..., Coroutine[Any, Any, bytes]]
+
+T = TypeVar("T")
 
 
 class Dispatcher(Protocol):
@@ -108,6 +110,35 @@ class APIBase:
     async def _authenticate(self, request: IRequest) -> Record:
         """The caller's account (401 if the credentials are missing or wrong)."""
         return await authenticate(request, self._store)
+
+    async def _authenticate_beside(self, request: IRequest, reading: Awaitable[T]) -> tuple[Record, T]:
+        """The caller's account and the result of ``reading``, a store read
+        that does not depend on who the caller is.
+
+        The read goes to the store while the credentials are checked, so
+        both reach the database together (one round trip instead of two).
+        Nothing of it is used unless the credentials pass; when they do not,
+        its result or failure is dropped.
+        """
+        read = ensureDeferred(reading)
+        try:
+            caller = await self._authenticate(request)
+        except BaseException:
+            read.addErrback(lambda _: None)
+            raise
+        return caller, await read
+
+    async def _visible_page(self, request: IRequest,
+                            read: Callable[[str | None], Awaitable[Page]]) -> Page:
+        """A page of an "every record" list: ``read(None)`` (all of them), or
+        with ``--private-listings`` ``read(caller_id)`` for a non-admin caller.
+        Without private listings the page does not depend on the caller, so
+        it is read beside the authentication (``_authenticate_beside``)."""
+        if not self._settings.private_listings:
+            _, page = await self._authenticate_beside(request, read(None))
+            return page
+        caller = await self._authenticate(request)
+        return await read(None if self._sees_everything(caller) else caller["id"])
 
     def _sees_everything(self, caller: Record) -> bool:
         """Whether ``caller`` gets the unfiltered "all records" lists."""

@@ -65,9 +65,8 @@ class SubscriptionRoutes(APIBase):
         """Any account: every subscription (with ``--private-listings``, a
         non-admin sees its own and those to its registrations)."""
         start, limit = page_params(request)
-        caller = await self._authenticate(request)
-        visible_to = None if self._sees_everything(caller) else caller["id"]
-        page = await self._store.list_subscriptions(start, limit, visible_to=visible_to)
+        page = await self._visible_page(
+            request, lambda visible_to: self._store.list_subscriptions(start, limit, visible_to=visible_to))
         return page_response(request, "subscriptions", page, start, limit)
 
     @route("/v1/webhook/subscriptions", "DELETE")

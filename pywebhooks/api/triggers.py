@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from pywebhooks.api.base import APIBase, missing_id, route
@@ -49,16 +48,8 @@ class TriggerRoutes(APIBase):
         """Owner or admin: fire the registration; a JSON object body with
         ``event_data`` replaces the payload of this firing."""
         registration_id = record_id(registration_id, "registration_id")
-        # Read the registration while the caller is authenticated: both reads
-        # go to the database together.  Nothing of it is shown before the
-        # credentials have passed.
-        reading = ensureDeferred(self._store.get_registration(registration_id))
-        try:
-            caller = await self._authenticate(request)
-        except BaseException:
-            reading.addErrback(lambda _: None)
-            raise
-        registration = await reading
+        caller, registration = await self._authenticate_beside(
+            request, self._store.get_registration(registration_id))
         if registration is None:
             raise ApiError(404, "Registration id not found")
         require_owner_or_admin(caller, registration, NO_ACCESS)
@@ -78,9 +69,8 @@ class TriggerRoutes(APIBase):
         """Any account: every firing (with ``--private-listings``, a non-admin
         sees the firings of its own registrations)."""
         start, limit = page_params(request)
-        caller = await self._authenticate(request)
-        owner_id = None if self._sees_everything(caller) else caller["id"]
-        page = await self._store.list_firings(start, limit, owner_id=owner_id)
+        page = await self._visible_page(
+            request, lambda owner_id: self._store.list_firings(start, limit, owner_id=owner_id))
         return page_response(request, "triggered_webhooks", page, start, limit)
 
     @route("/v1/webhook/triggered/<firing_id>/deliveries", "GET")
