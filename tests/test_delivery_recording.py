@@ -168,3 +168,26 @@ async def test_an_outcome_is_logged_and_in_one_file_settles_the_ledger_too(tmp_p
             assert await ledger.claim(7.0, 10, 30) == [later]
         else:
             assert await ledger.count() == 2
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-file", "two-files"])
+@pytest_twisted.ensureDeferred
+async def test_fire_plans_from_the_live_subscribers_and_records_it_all(tmp_path: Path, shared: bool) -> None:
+    """``fire`` hands the registration's subscribers to the plan and writes
+    what it returns: the firing with one delivery per planned subscriber,
+    and their entries leased in the ledger."""
+    async with sqlite_pair(tmp_path, shared) as (store, ledger):
+        world = await world_of(store, subscribers=4)
+        firing, deliveries, entries = planned(world, 4)
+        seen: list[list[str]] = []
+
+        def plan(subscribers: list[dict[str, Any]]) -> Any:
+            seen.append([subscriber["account_id"] for subscriber in subscribers])
+            return deliveries[:3], entries[:3]  # the plan leaves one out (say, muted)
+
+        returned = await recorder_for(store, ledger).fire(firing, world.registration["id"], plan, LEASED_UNTIL)
+        assert seen == [[subscriber["id"] for subscriber in world.subscribers]]
+        assert returned == entries[:3]
+        assert [d["id"] for d in await store.get_deliveries(firing["id"])] == [e.id for e in entries[:3]]
+        assert await ledger.count() == 3
+        assert await ledger.claim(LEASED_UNTIL - 1, 10, 30) == []

@@ -1,7 +1,8 @@
 """The fan-out of one firing: a delivery per subscription row, recorded before the 201.
 
-1. the firing, its delivery records and their ledger entries are written
-   down through an ``IFiringRecorder`` (``delivery.recording``): the entries
+1. the live subscribers are read and the firing, its delivery records and
+   their ledger entries written down through an ``IFiringRecorder``
+   (``delivery.recording``; one transaction in the embedded default): the entries
    *already leased to this daemon*, so nobody (not even another daemon on a
    shared Redis) attempts them before this one does; nothing is half
    recorded, and a failure goes to the caller (503 for ``StoreUnavailable``);
@@ -32,7 +33,6 @@ class Dispatcher:
     def __init__(self, clock: IReactorTime, store: Any, ledger: Any, scheduler: Any,
                  settings: Settings, recorder: IFiringRecorder | None = None) -> None:
         self._clock = clock
-        self._store = store
         self._recorder = recorder if recorder is not None else recorder_for(store, ledger)
         self._scheduler = scheduler
         self._settings = settings
@@ -46,10 +46,11 @@ class Dispatcher:
         """
         now = self._clock.seconds()
         firing = {"epoch": now, "id": new_id(), "registration_id": registration["id"]}
-        subscribers = await self._store.subscribers(registration["id"])
-        deliveries, entries = self._plan(firing, registration, delivery_body(event_data), subscribers)
+        body = delivery_body(event_data)
         leased_until = now + self._settings.lease_seconds
-        await self._recorder.record(firing, deliveries, entries, leased_until)
+        entries = await self._recorder.fire(
+            firing, registration["id"],
+            lambda subscribers: self._plan(firing, registration, body, subscribers), leased_until)
         self._scheduler.submit(entries, leased_until)
         return firing
 

@@ -13,14 +13,16 @@ Two ways, one interface:
   anyway (at least once, never lost).
 - ``OneTransaction`` (the embedded default: the SQLite store and the SQLite
   ledger in one file): both in one transaction, so they commit together or
-  not at all, with one trip to the database thread instead of two.  An
+  not at all, with one trip to the database thread instead of three (the
+  subscribers are read in the same transaction).  An
   attempt's log entry and its ledger update also share one (group-committed)
   transaction.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+from typing import Any, Callable
 
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.logger import Logger
@@ -32,8 +34,17 @@ from pywebhooks.records import Record
 from pywebhooks.store.sqlite import SQLiteStore
 
 
+#: Turns the live subscribers of a registration into (delivery records, ledger entries).
+Plan = Callable[[list[Record]], "tuple[list[Record], list[PendingDelivery]]"]
+
+
 class IFiringRecorder(Interface):
     """Durably records one firing with its deliveries and ledger entries."""
+
+    def fire(firing, registration_id, plan, leased_until):
+        """Read the live subscribers of ``registration_id``, turn them into
+        ``(deliveries, entries)`` with ``plan`` (a pure function, which may
+        run on a database thread), and ``record`` them; the entries."""
 
     def record(firing, deliveries, entries, leased_until):
         """Write the firing record, its delivery records, and the ledger
@@ -57,6 +68,13 @@ class SeparateWrites:
     def __init__(self, store: Any, ledger: Any) -> None:
         self._store = store
         self._ledger = ledger
+
+    async def fire(self, firing: Record, registration_id: str, plan: Plan,
+                   leased_until: float) -> list[PendingDelivery]:
+        """See ``IFiringRecorder.fire``: the subscribers, then ``record``."""
+        deliveries, entries = plan(await self._store.subscribers(registration_id))
+        await self.record(firing, deliveries, entries, leased_until)
+        return entries
 
     async def record(self, firing: Record, deliveries: list[Record],
                      entries: list[PendingDelivery], leased_until: float) -> None:
@@ -99,6 +117,20 @@ class OneTransaction:
             raise ValueError("OneTransaction needs the store and the ledger on one SQLiteDatabase")
         self._store = store
         self._ledger = ledger
+
+    async def fire(self, firing: Record, registration_id: str, plan: Plan,
+                   leased_until: float) -> list[PendingDelivery]:
+        """See ``IFiringRecorder.fire``: reading the subscribers, planning and
+        writing are one transaction, one trip to the database thread."""
+        read = self._store.reading_subscribers(registration_id)
+
+        def fan_out(connection: sqlite3.Connection) -> list[PendingDelivery]:
+            deliveries, entries = plan(read(connection))
+            self._ledger.adding(entries, leased_until=leased_until)(connection)
+            self._store.inserting_firing(firing, deliveries)(connection)
+            return entries
+
+        return await self._store.transaction(fan_out, "firing")
 
     async def record(self, firing: Record, deliveries: list[Record],
                      entries: list[PendingDelivery], leased_until: float) -> None:

@@ -514,6 +514,10 @@ class SQLiteStore:
 
     async def subscribers(self, registration_id: str) -> list[Record]:
         """The live subscribers of one registration, in subscription order."""
+        return await self._run(self.reading_subscribers(registration_id))
+
+    def reading_subscribers(self, registration_id: str) -> Callable[[sqlite3.Connection], list[Record]]:
+        """The statement of ``subscribers``, for a transaction of the caller's."""
         statement = (
             "SELECT s.id, a.id, a.endpoint, a.secret_key, a.failed_count"
             " FROM subscriptions AS s JOIN accounts AS a ON a.id = s.account_id"
@@ -525,7 +529,7 @@ class SQLiteStore:
             return [dict(zip(keys, row)) for row in connection.execute(
                 statement, (registration_id,))]
 
-        return await self._run(fan_out)
+        return fan_out
 
     # -- firings and deliveries -------------------------------------------
 
@@ -541,21 +545,37 @@ class SQLiteStore:
         ``SQLiteLedger.adding``) runs first in the same transaction: both
         commit, or neither does.
         """
+        insert = self.inserting_firing(firing, deliveries)
+
+        def both(connection: sqlite3.Connection) -> None:
+            if also is not None:
+                also(connection)
+            insert(connection)
+
+        await self.transaction(both, "firing")
+
+    def inserting_firing(self, firing: Record,
+                         deliveries: list[Record]) -> Callable[[sqlite3.Connection], None]:
+        """The statements of ``insert_firing``, for a transaction of the caller's."""
         firing_values = bindings("firing", firing)
         delivery_values = [bindings("delivery", delivery) for delivery in deliveries]
         insert_firing = insert_statement("firing", {"owner_id": OWNER_OF_REGISTRATION})
         insert_delivery = insert_statement("delivery")
 
         def insert(connection: sqlite3.Connection) -> None:
-            if also is not None:
-                also(connection)
             connection.execute(insert_firing, firing_values)
             connection.executemany(insert_delivery, delivery_values)
 
+        return insert
+
+    async def transaction(self, function: Callable[[sqlite3.Connection], T], kind: str) -> T:
+        """Run ``function`` (statements of this store and of others sharing its
+        database) in one transaction; a constraint violation is the
+        ``StoreError`` of a ``kind`` record, as for this store's own writes."""
         try:
-            await self._run(insert)
+            return await self._run(function)
         except sqlite3.IntegrityError as error:
-            raise self._integrity_error("firing", error) from error
+            raise self._integrity_error(kind, error) from error
 
     @property
     def database(self) -> SQLiteDatabase:
