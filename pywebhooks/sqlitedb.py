@@ -43,6 +43,24 @@ def sqlite_path(database_url: str) -> str:
     return path
 
 
+def open_connection(path: str) -> sqlite3.Connection:
+    """A connection to ``path`` in autocommit mode (transactions are explicit),
+    usable from the thread that owns it; ``file:`` paths are SQLite URIs."""
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           uri=path.startswith("file:"))
+
+
+def in_sequence(*statements: Callable[[sqlite3.Connection], Any]) -> Callable[[sqlite3.Connection], None]:
+    """One function of the connection that runs ``statements`` in order (to
+    put the statements of several writers in one transaction)."""
+
+    def run_all(connection: sqlite3.Connection) -> None:
+        for statement in statements:
+            statement(connection)
+
+    return run_all
+
+
 class SQLiteDatabase:
     """A single SQLite connection owned by one worker thread."""
 

@@ -31,6 +31,7 @@ from zope.interface import Interface, implementer
 from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.records import Record
+from pywebhooks.sqlitedb import in_sequence
 from pywebhooks.store.sqlite import SQLiteStore
 
 
@@ -126,8 +127,7 @@ class OneTransaction:
 
         def fan_out(connection: sqlite3.Connection) -> list[PendingDelivery]:
             deliveries, entries = plan(read(connection))
-            self._ledger.adding(entries, leased_until=leased_until)(connection)
-            self._store.inserting_firing(firing, deliveries)(connection)
+            self._writing(firing, deliveries, entries, leased_until)(connection)
             return entries
 
         return await self._store.transaction(fan_out, "firing")
@@ -135,14 +135,22 @@ class OneTransaction:
     async def record(self, firing: Record, deliveries: list[Record],
                      entries: list[PendingDelivery], leased_until: float) -> None:
         """See ``IFiringRecorder.record``."""
-        await self._store.insert_firing(
-            firing, deliveries, also=self._ledger.adding(entries, leased_until=leased_until))
+        await self._store.transaction(self._writing(firing, deliveries, entries, leased_until), "firing")
+
+    def _writing(self, firing: Record, deliveries: list[Record], entries: list[PendingDelivery],
+                 leased_until: float) -> Callable[[sqlite3.Connection], None]:
+        """The statements that write a firing down: ledger entries, then records."""
+        return in_sequence(self._ledger.adding(entries, leased_until=leased_until),
+                           self._store.inserting_firing(firing, deliveries))
 
     async def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
                              retry: PendingDelivery | None) -> bool:
-        """See ``IFiringRecorder.record_outcome``: the store and the ledger together."""
+        """See ``IFiringRecorder.record_outcome``: the store and the ledger
+        together, in a group-committed transaction."""
         update = self._ledger.finishing(entry.id) if retry is None else self._ledger.rescheduling(retry)
-        await self._store.record_attempt(entry.id, entry.account_id, attempt, final, also=update)
+        log_then_update = in_sequence(
+            self._store.recording_attempt(entry.id, entry.account_id, attempt, final), update)
+        await self._store.transaction(log_then_update, "delivery", grouped=True)
         return True
 
 

@@ -294,10 +294,7 @@ class SQLiteStore:
         def insert(connection: sqlite3.Connection) -> None:
             connection.execute(statement, values)
 
-        try:
-            await self._run(insert)
-        except sqlite3.IntegrityError as error:
-            raise self._integrity_error(kind, error) from error
+        await self.transaction(insert, kind)
 
     @staticmethod
     def _integrity_error(kind: str, error: sqlite3.IntegrityError) -> StoreError:
@@ -337,10 +334,7 @@ class SQLiteStore:
                 self._cursors.forget(table)
             return WriteResult(replaced=1)
 
-        try:
-            return await self._run(apply)
-        except sqlite3.IntegrityError as error:
-            raise self._integrity_error(kind, error) from error
+        return await self.transaction(apply, kind)
 
     def _delete(self, connection: sqlite3.Connection, table: str, where: str,
                 *params: Any) -> int:
@@ -533,26 +527,9 @@ class SQLiteStore:
 
     # -- firings and deliveries -------------------------------------------
 
-    async def insert_firing(
-        self,
-        firing: Record,
-        deliveries: list[Record],
-        also: Callable[[sqlite3.Connection], None] | None = None,
-    ) -> None:
-        """Record a firing and its deliveries in one transaction.
-
-        ``also`` (statements of another writer on this database, such as
-        ``SQLiteLedger.adding``) runs first in the same transaction: both
-        commit, or neither does.
-        """
-        insert = self.inserting_firing(firing, deliveries)
-
-        def both(connection: sqlite3.Connection) -> None:
-            if also is not None:
-                also(connection)
-            insert(connection)
-
-        await self.transaction(both, "firing")
+    async def insert_firing(self, firing: Record, deliveries: list[Record]) -> None:
+        """Record a firing and its deliveries in one transaction."""
+        await self.transaction(self.inserting_firing(firing, deliveries), "firing")
 
     def inserting_firing(self, firing: Record,
                          deliveries: list[Record]) -> Callable[[sqlite3.Connection], None]:
@@ -568,12 +545,16 @@ class SQLiteStore:
 
         return insert
 
-    async def transaction(self, function: Callable[[sqlite3.Connection], T], kind: str) -> T:
-        """Run ``function`` (statements of this store and of others sharing its
-        database) in one transaction; a constraint violation is the
+    async def transaction(self, function: Callable[[sqlite3.Connection], T], kind: str,
+                          grouped: bool = False) -> T:
+        """Run ``function`` in one transaction: statements of this store (its
+        ``reading_*``, ``inserting_*``, ``recording_*`` builders) and of others
+        sharing its database, such as ``SQLiteLedger.adding``; ``grouped``
+        shares it with the other grouped writes queued meanwhile
+        (``SQLiteDatabase.run_grouped``).  A constraint violation is the
         ``StoreError`` of a ``kind`` record, as for this store's own writes."""
         try:
-            return await self._run(function)
+            return await self._run(function, grouped=grouped)
         except sqlite3.IntegrityError as error:
             raise self._integrity_error(kind, error) from error
 
@@ -600,24 +581,24 @@ class SQLiteStore:
         return await self._run(read)
 
     async def record_attempt(
-        self,
-        delivery_id: str,
-        account_id: str,
-        attempt: Mapping[str, Any],
-        final: bool,
-        also: Callable[[sqlite3.Connection], None] | None = None,
+        self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
     ) -> int | None:
         """Log ``attempt`` on the delivery and count it on the subscriber, in one
         transaction; the count is a single ``UPDATE``.
 
-        The attempt is appended inside SQLite (``json_insert``), so the log
-        is never read back into Python however long it grows.
         Group-committed (``SQLiteDatabase.run_grouped``): attempts settled while
         a transaction runs share the next one.  Each runs its own statements in
         order inside it, so each caller still gets its own new count.
-        ``also`` (another writer's statements on this database, such as
-        ``SQLiteLedger.finishing``) runs after them in the same transaction.
         """
+        return await self.transaction(
+            self.recording_attempt(delivery_id, account_id, attempt, final), "delivery", grouped=True)
+
+    def recording_attempt(
+        self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
+    ) -> Callable[[sqlite3.Connection], int | None]:
+        """The statements of ``record_attempt``, for a transaction of the
+        caller's.  The attempt is appended inside SQLite (``json_insert``), so
+        the log is never read back into Python however long it grows."""
         logged = json.dumps(attempt)
         state = "delivered" if attempt["ok"] else "failed" if final else None
         count = "0" if attempt["ok"] else "failed_count + 1"
@@ -632,8 +613,6 @@ class SQLiteStore:
         def record(connection: sqlite3.Connection) -> int | None:
             connection.execute(log_statement, (state, logged, delivery_id))
             counted = connection.execute(count_statement, (account_id,)).fetchone()
-            if also is not None:
-                also(connection)
             return None if counted is None else counted[0]
 
-        return await self._run(record, grouped=True)
+        return record
