@@ -15,7 +15,7 @@ and the next round copies the rest.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -29,12 +29,15 @@ CHECKPOINT_INTERVAL = 1.0
 
 
 class Checkpointer:
-    """Checkpoints the WAL of the SQLite file at ``path`` every ``interval`` seconds."""
+    """Checkpoints the WAL of one SQLite file every ``interval`` seconds, on a
+    connection that ``connect`` opens (``path`` names the file in logs)."""
 
     log = Logger()
 
-    def __init__(self, reactor: Any, path: str, interval: float = CHECKPOINT_INTERVAL) -> None:
+    def __init__(self, reactor: Any, connect: Callable[[], sqlite3.Connection], path: str,
+                 interval: float = CHECKPOINT_INTERVAL) -> None:
         self._clock: IReactorTime = reactor
+        self._connect_to_file = connect
         self._path = path
         self._interval = interval
         threads: IReactorFromThreads = reactor
@@ -80,8 +83,7 @@ class Checkpointer:
                       path=self._path, error=str(failure.value))
 
     def _connect(self) -> None:
-        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                     uri=self._path.startswith("file:"))
+        connection = self._connect_to_file()
         connection.execute("PRAGMA busy_timeout=1000")
         self._connection = connection
 

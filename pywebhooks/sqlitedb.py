@@ -69,7 +69,7 @@ class SQLiteDatabase:
     def __init__(self, reactor: IReactorFromThreads, path: str) -> None:
         self.path = path
         self._thread = WorkerThread(reactor, "sqlite:" + path)
-        self._checkpointer = Checkpointer(reactor, path)
+        self._checkpointer = Checkpointer(reactor, lambda: open_connection(path), path)
         self._connection: sqlite3.Connection | None = None
         self._users = 0
         self._grouped: GroupCommit[Callable[[sqlite3.Connection], Any], Any] = GroupCommit(
@@ -111,8 +111,11 @@ class SQLiteDatabase:
         except Exception as error:
             self.log.warn("sqlite {path}: checkpoints stay in the commits ({error})",
                           path=self.path, error=str(error))
-            await self.run_raw(lambda: self._connection and self._connection.execute(
-                "PRAGMA wal_autocheckpoint=1000"))
+            await self.run_raw(self._checkpoint_in_commits)
+
+    def _checkpoint_in_commits(self) -> None:
+        if self._connection is not None:
+            self._connection.execute("PRAGMA wal_autocheckpoint=1000")
 
     @property
     def checkpointer(self) -> Checkpointer:
@@ -120,12 +123,7 @@ class SQLiteDatabase:
         return self._checkpointer
 
     def _connect(self) -> None:
-        connection = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            check_same_thread=False,
-            uri=self.path.startswith("file:"),
-        )
+        connection = open_connection(self.path)
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL survives a killed process (every commit is in the WAL
