@@ -19,7 +19,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from pywebhooks.api.http import ApiError, authenticate, read_body
+from pywebhooks.api.http import (
+    ApiError,
+    authenticate,
+    page_params,
+    page_response,
+    read_body,
+    record_id,
+    require_owner_or_admin,
+)
 from pywebhooks.outbound import EndpointClient
 from pywebhooks.ratelimit import RateLimiter
 from pywebhooks.records import Page, Record
@@ -139,6 +147,25 @@ class APIBase:
             return page
         caller = await self._authenticate(request)
         return await read(None if self._sees_everything(caller) else caller["id"])
+
+    async def _authorized_id(self, request: IRequest, raw_id: str, name: str,
+                             read: Callable[[str], Awaitable[Record | None]]) -> str:
+        """The checked id of a record that the caller owns, or may manage as
+        the admin: 400 for an id that is not one, 401, 403 ``Not authorized``
+        (also for a missing record).  The record is read beside the
+        authentication."""
+        checked = record_id(raw_id, name)
+        caller, record = await self._authenticate_beside(request, read(checked))
+        require_owner_or_admin(caller, record)
+        return checked
+
+    async def _own_page(self, request: IRequest, key: str,
+                        read: Callable[[int, int, str], Awaitable[Page]]) -> bytes:
+        """The caller's own records under ``key``: ``read(start, limit, caller_id)``."""
+        caller = await self._authenticate(request)
+        start, limit = page_params(request)
+        page = await read(start, limit, caller["id"])
+        return page_response(request, key, page, start, limit)
 
     def _sees_everything(self, caller: Record) -> bool:
         """Whether ``caller`` gets the unfiltered "all records" lists."""

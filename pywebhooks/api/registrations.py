@@ -15,10 +15,8 @@ from pywebhooks.api.http import (
     json_response,
     page_params,
     page_response,
-    record_id,
     require_admin,
     require_field,
-    require_owner_or_admin,
 )
 
 missing_id("/v1/webhook/registration", "registration_id", "PATCH", "DELETE")
@@ -49,19 +47,17 @@ class RegistrationRoutes(APIBase):
     @route("/v1/webhook/registration", "GET")
     async def list_own_registrations(self, request: IRequest, body: Any) -> bytes:
         """The caller's registrations."""
-        caller = await self._authenticate(request)
-        start, limit = page_params(request)
-        page = await self._store.list_registrations(start, limit, account_id=caller["id"])
-        return page_response(request, "registrations", page, start, limit)
+        return await self._own_page(
+            request, "registrations",
+            lambda start, limit, caller_id: self._store.list_registrations(start, limit, account_id=caller_id))
 
     @route("/v1/webhook/registration/<registration_id>", "PATCH")
     async def update_registration(
         self, request: IRequest, body: Any, registration_id: str
     ) -> bytes:
         """Owner or admin: change the description."""
-        registration_id = record_id(registration_id, "registration_id")
-        caller = await self._authenticate(request)
-        require_owner_or_admin(caller, await self._store.get_registration(registration_id))
+        registration_id = await self._authorized_id(
+            request, registration_id, "registration_id", self._store.get_registration)
         description = json_object(body).get("description")
         if not _is_text(description):
             raise ApiError(400, "Description field missing")
@@ -75,9 +71,8 @@ class RegistrationRoutes(APIBase):
         self, request: IRequest, body: Any, registration_id: str
     ) -> bytes:
         """Owner or admin: delete it and every subscription to it."""
-        registration_id = record_id(registration_id, "registration_id")
-        caller = await self._authenticate(request)
-        require_owner_or_admin(caller, await self._store.get_registration(registration_id))
+        registration_id = await self._authorized_id(
+            request, registration_id, "registration_id", self._store.get_registration)
         result = await self._store.delete_registration(registration_id)
         return json_response(request, 200, result.to_json())
 

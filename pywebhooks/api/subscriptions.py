@@ -15,7 +15,6 @@ from pywebhooks.api.http import (
     page_response,
     record_id,
     require_admin,
-    require_owner_or_admin,
 )
 
 missing_id("/v1/webhook/subscription", "subscription_id", "POST", "DELETE")
@@ -46,17 +45,15 @@ class SubscriptionRoutes(APIBase):
     @route("/v1/webhook/subscription", "GET")
     async def list_own_subscriptions(self, request: IRequest, body: Any) -> bytes:
         """The caller's subscriptions."""
-        caller = await self._authenticate(request)
-        start, limit = page_params(request)
-        page = await self._store.list_subscriptions(start, limit, account_id=caller["id"])
-        return page_response(request, "subscriptions", page, start, limit)
+        return await self._own_page(
+            request, "subscriptions",
+            lambda start, limit, caller_id: self._store.list_subscriptions(start, limit, account_id=caller_id))
 
     @route("/v1/webhook/subscription/<subscription_id>", "DELETE")
     async def unsubscribe(self, request: IRequest, body: Any, subscription_id: str) -> bytes:
         """The subscriber or an admin: delete one subscription."""
-        subscription_id = record_id(subscription_id, "subscription_id")
-        caller = await self._authenticate(request)
-        require_owner_or_admin(caller, await self._store.get_subscription(subscription_id))
+        subscription_id = await self._authorized_id(
+            request, subscription_id, "subscription_id", self._store.get_subscription)
         result = await self._store.delete_subscription(subscription_id)
         return json_response(request, 200, result.to_json())
 
