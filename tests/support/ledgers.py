@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, AsyncContextManager, AsyncIterator, Callable
+from typing import Any, AsyncContextManager, AsyncIterator, Callable, Self
 
 from pywebhooks.ledger.interface import ILedger
 from pywebhooks.ledger.memory import MemoryLedger
@@ -54,6 +54,12 @@ class LedgerFactory:
         while self.opened:
             await self.opened.pop().close()
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close_all()
+
 
 class MemoryLedgerFactory(LedgerFactory):
     """One ``MemoryLedger``, handed out again on each open (it has no other copy)."""
@@ -94,24 +100,14 @@ class RedisLedgerFactory(LedgerFactory):
         return RedisLedger(self.server.url, self.key_prefix, clock=running_reactor(), timeout=2.0)
 
 
-@contextlib.asynccontextmanager
-async def memory_ledgers(directory: Path) -> AsyncIterator[LedgerFactory]:
-    """Ledgers in memory."""
-    factory = MemoryLedgerFactory()
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
+def memory_ledgers(directory: Path) -> LedgerFactory:
+    """Ledgers in memory (the factory is its own context manager)."""
+    return MemoryLedgerFactory()
 
 
-@contextlib.asynccontextmanager
-async def sqlite_ledgers(directory: Path) -> AsyncIterator[LedgerFactory]:
+def sqlite_ledgers(directory: Path) -> LedgerFactory:
     """Ledgers on a fresh SQLite file in ``directory``."""
-    factory = SQLiteLedgerFactory(directory / "ledger.sqlite3")
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
+    return SQLiteLedgerFactory(directory / "ledger.sqlite3")
 
 
 @contextlib.asynccontextmanager
@@ -119,14 +115,11 @@ async def redis_ledgers(directory: Path) -> AsyncIterator[RedisLedgerFactory]:
     """Ledgers on a redis-server of their own in ``directory``."""
     server = RedisServer(directory / "redis")
     server.start()
-    factory = RedisLedgerFactory(server)
     try:
-        yield factory
+        async with RedisLedgerFactory(server) as factory:
+            yield factory
     finally:
-        try:
-            await factory.close_all()
-        finally:
-            server.stop()
+        server.stop()
 
 
 #: Name -> builder of a ledger factory over an empty backend.
