@@ -41,7 +41,9 @@ from tests.support.deliveries import (  # noqa: F401 (fixtures)
     DeliveryNode,
     DeadDeliverer,
     World,
+    daemons,
     eventually,
+    fired,
     logged_errors,
     receiver,
     sleep,
@@ -174,15 +176,6 @@ async def servers() -> AsyncIterator[list[IListeningPort]]:
         await port.stopListening()
 
 
-@pytest_twisted.async_yield_fixture
-async def daemons() -> AsyncIterator[list[DeliveryNode]]:
-    """Daemons a test starts; stopped afterwards."""
-    started: list[DeliveryNode] = []
-    yield started
-    for daemon in started:
-        await daemon.stop()
-
-
 async def listen(servers: list[IListeningPort], factory: Any, tls: Any = None) -> str:
     """Serve ``factory`` on a free loopback port; its base URL."""
     if tls is None:
@@ -211,11 +204,6 @@ async def opened_sqlite(path: Path, create: bool = True) -> AsyncIterator[tuple[
             await ledger.close()
     finally:
         await store.close()
-
-
-async def fired(daemon: DeliveryNode, world: World) -> dict[str, Any]:
-    """Trigger the world's registration on ``daemon``."""
-    return await daemon.dispatcher.fire(world.registration, world.registration["event_data"])
 
 
 async def deliveries_by_endpoint(store: Any, firing: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -20,7 +20,9 @@ from tests.support.deliveries import (  # noqa: F401 (fixtures)
     DeliveryNode,
     DeadDeliverer,
     World,
+    daemons,
     eventually,
+    fired,
     logged_errors,
     receiver,
     sleep,
@@ -52,20 +54,6 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await opened.close()
 
 
-@pytest_twisted.async_yield_fixture
-async def daemons() -> AsyncIterator[list[DeliveryNode]]:
-    """Daemons a test starts; stopped afterwards."""
-    started: list[DeliveryNode] = []
-    yield started
-    for daemon in started:
-        await daemon.stop()
-
-
-async def fire(daemon: DeliveryNode, world: World) -> dict[str, Any]:
-    """Trigger the world's registration on ``daemon``."""
-    return await daemon.dispatcher.fire(world.registration, world.registration["event_data"])
-
-
 @pytest_twisted.ensureDeferred
 async def test_redis_outage_refuses_triggers_then_recovers(
         store: SQLiteStore, ledgers: RedisLedgerFactory, receiver: Receiver,
@@ -77,14 +65,14 @@ async def test_redis_outage_refuses_triggers_then_recovers(
     receiver.behave("/flaky", status=500)
     daemon = DeliveryNode(store, ledger, retry_delays=(0.3, 0.3, 0.3)).start()
     daemons.append(daemon)
-    accepted = await fire(daemon, world)
+    accepted = await fired(daemon, world)
     await within(receiver.wait_for_posts(1), 5.0)
     await eventually(_rescheduled(ledger))
 
     ledgers.server.stop()
     await sleep(0.05)  # the connections notice they are gone
     with pytest.raises(StoreUnavailable):
-        await fire(daemon, world)
+        await fired(daemon, world)
     assert [firing["id"] for firing in (await store.list_firings(0, 10)).rows] == [accepted["id"]]
     receiver.behave("/flaky", status=200)
     await sleep(0.5)  # the retry falls due while Redis is down
@@ -96,7 +84,7 @@ async def test_redis_outage_refuses_triggers_then_recovers(
     assert [attempt["status_code"] for attempt in delivery["attempts"]] == [500, 200]
     assert {post.headers["webhook-id"] for post in receiver.posts} == {delivery["id"]}
     assert await eventually(lambda: _empty(ledger))
-    await fire(daemon, world)
+    await fired(daemon, world)
     await within(receiver.wait_for_posts(3), 5.0)
 
 
@@ -131,7 +119,7 @@ async def test_two_daemons_share_the_work_each_attempt_once(
     first = DeliveryNode(store, await ledgers.open_ledger(), max_in_flight=10).start()
     second = DeliveryNode(store, await ledgers.open_ledger(), max_in_flight=10).start()
     daemons.extend([first, second])
-    firing = await fire(first, world)
+    firing = await fired(first, world)
     await within(receiver.wait_for_posts(120), 10.0)
     await eventually(lambda: _delivered(store, firing))
     await sleep(0.3)
@@ -154,7 +142,7 @@ async def test_a_killed_daemons_deliveries_are_taken_over(
     survivor = DeliveryNode(store, await ledgers.open_ledger(), lease_seconds=1.0).start()
     daemons.append(survivor)
     started = reactor().seconds()
-    firing = await fire(killed, world)
+    firing = await fired(killed, world)
     assert len(dead.started) == 5
     killed.kill()
     await sleep(0.5)

@@ -217,3 +217,17 @@ async def within(waited: Awaitable[Any], seconds: float) -> Any:
 
     deferred = ensureDeferred(waited) if not hasattr(waited, "addTimeout") else waited
     return await deferred.addTimeout(seconds, running_reactor())  # type: ignore[union-attr]
+
+
+@pytest_twisted.async_yield_fixture
+async def daemons() -> AsyncIterator[list[DeliveryNode]]:
+    """Delivery nodes a test starts (it appends them); stopped afterwards."""
+    started: list[DeliveryNode] = []
+    yield started
+    for daemon in started:
+        await daemon.stop()
+
+
+async def fired(daemon: DeliveryNode, world: World) -> dict[str, Any]:
+    """Trigger the world's registration on ``daemon``; the firing record."""
+    return await daemon.dispatcher.fire(world.registration, world.registration["event_data"])
