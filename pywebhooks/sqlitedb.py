@@ -9,6 +9,15 @@ ledger's ``finish``/``reschedule``) go through ``run_grouped`` instead: the
 calls made while a transaction runs share the next one (a group commit), so
 a burst of N writes costs a few thread crossings and commits, not N.
 
+Reads (``read``) do not cross threads: they run at once on the caller's
+thread, on a second, read-only connection.  Every read the store makes is
+an indexed lookup or a bounded page, which SQLite answers in tens of
+microseconds, while handing a call to the thread and its result back cost
+milliseconds under load, waiting for the GIL twice (``bench/RESULTS.md``).
+In WAL mode a reader never waits for the writer: it sees the last commit.
+A read that does find the file locked (another process holding it
+exclusively) is run on the database thread instead, like a write.
+
 Disk I/O errors (read-only file, full disk, locked database, a file that
 cannot be opened) come back as ``errors.StoreUnavailable``.  A path
 starting with ``file:`` is an SQLite URI (e.g.
@@ -61,8 +70,15 @@ def in_sequence(*statements: Callable[[sqlite3.Connection], Any]) -> Callable[[s
     return run_all
 
 
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """True if ``error`` says another connection holds a lock we need."""
+    text = str(error)
+    return "locked" in text or "busy" in text
+
+
 class SQLiteDatabase:
-    """A single SQLite connection owned by one worker thread."""
+    """One writing SQLite connection owned by a worker thread, and one
+    read-only connection used on the caller's (the reactor's) thread."""
 
     log = Logger()
 
@@ -71,6 +87,7 @@ class SQLiteDatabase:
         self._thread = WorkerThread(reactor, "sqlite:" + path)
         self._checkpointer = Checkpointer(reactor, lambda: open_connection(path), path)
         self._connection: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._users = 0
         self._grouped: GroupCommit[Callable[[sqlite3.Connection], Any], Any] = GroupCommit(
             self._run_all)
@@ -90,6 +107,7 @@ class SQLiteDatabase:
             self._users -= 1
             self._thread.stop()
             raise
+        self._open_reader()
         await self._start_checkpoints()
 
     async def close(self) -> None:
@@ -97,11 +115,34 @@ class SQLiteDatabase:
         self._users -= 1
         if self._users > 0:
             return
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         try:
             await self._checkpointer.stop()
             await self.run_raw(self._disconnect)
         finally:
             self._thread.stop()
+
+    def _open_reader(self) -> None:
+        """Open the read-only connection (after the writer has set WAL mode);
+        without it, reads go to the database thread."""
+        try:
+            reader = open_connection(self.path)
+        except sqlite3.Error as error:
+            self.log.warn("sqlite {path}: reads go through the database thread ({error})",
+                          path=self.path, error=str(error))
+            return
+        try:
+            reader.execute("PRAGMA query_only=ON")
+            # Never wait on the reactor: a locked file sends the read to the thread.
+            reader.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error as error:
+            reader.close()
+            self.log.warn("sqlite {path}: reads go through the database thread ({error})",
+                          path=self.path, error=str(error))
+            return
+        self._reader = reader
 
     async def _start_checkpoints(self) -> None:
         """Checkpoint on a connection of its own (see ``checkpoint``); if that
@@ -143,6 +184,17 @@ class SQLiteDatabase:
             self._connection.close()
             self._connection = None
 
+    async def trace(self, callback: Callable[[str], None] | None) -> None:
+        """Pass every statement either connection runs to ``callback`` (None: stop)."""
+        if self._reader is not None:
+            self._reader.set_trace_callback(callback)
+
+        def trace_writer() -> None:
+            if self._connection is not None:
+                self._connection.set_trace_callback(callback)
+
+        await self.run_raw(trace_writer)
+
     def run_raw(self, function: Callable[..., T], *args: Any) -> Any:
         """Run ``function(*args)`` on the database thread; a Deferred of its result."""
         return self._thread.submit(function, *args)
@@ -152,6 +204,35 @@ class SQLiteDatabase:
         if self._users <= 0:
             raise StoreUnavailable("The database is closed")
         return await self._unavailable_on_error(self.run_raw(self._transaction, function))
+
+    async def read(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run the read-only ``function(connection)`` in one read transaction,
+        at once on the calling thread (see the module's docstring)."""
+        if self._users <= 0:
+            raise StoreUnavailable("The database is closed")
+        reader = self._reader
+        if reader is None:
+            return await self.run(function)
+        try:
+            return self._read_transaction(reader, function)
+        except sqlite3.OperationalError as error:
+            if not _busy(error):
+                raise self._unavailable(error) from error
+            # Another process holds the file: wait for it on the database thread.
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise
+        except sqlite3.DatabaseError as error:
+            raise self._unavailable(error) from error
+        return await self.run(function)
+
+    @staticmethod
+    def _read_transaction(reader: sqlite3.Connection, function: Callable[[sqlite3.Connection], T]) -> T:
+        reader.execute("BEGIN")
+        try:
+            return function(reader)
+        finally:
+            if reader.in_transaction:
+                reader.execute("ROLLBACK")
 
     async def run_grouped(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``function(connection)`` in a transaction shared with the other
@@ -178,8 +259,12 @@ class SQLiteDatabase:
             # an outage.
             if isinstance(error, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
                 raise
-            self.log.error("sqlite {path} failed: {error}", path=self.path, error=str(error))
-            raise StoreUnavailable("The database is unavailable: %s" % (error,)) from error
+            raise self._unavailable(error) from error
+
+    def _unavailable(self, error: sqlite3.DatabaseError) -> StoreUnavailable:
+        """Log an SQLite failure; the ``StoreUnavailable`` to raise for it."""
+        self.log.error("sqlite {path} failed: {error}", path=self.path, error=str(error))
+        return StoreUnavailable("The database is unavailable: %s" % (error,))
 
     def _transaction(self, function: Callable[[sqlite3.Connection], T]) -> T:
         connection = self._connection

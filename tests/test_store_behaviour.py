@@ -725,7 +725,8 @@ async def test_sqlite_initialize_keeps_other_tables(db_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_sqlite_does_not_block_the_reactor(db_path: Path) -> None:
-    """While the database thread is busy, store calls wait without blocking the reactor."""
+    """While the database thread is busy in a write, writes wait without blocking
+    the reactor, and reads are answered at once from the last commit."""
     from twisted.internet import reactor
 
     store = await _sqlite(db_path)
@@ -734,21 +735,27 @@ async def test_sqlite_does_not_block_the_reactor(db_path: Path) -> None:
         busy, release = threading.Event(), threading.Event()
 
         def hold(connection: sqlite3.Connection) -> None:
+            connection.execute("UPDATE accounts SET endpoint = 'http://uncommitted/' WHERE id = ?",
+                               (alice["id"],))
             busy.set()
             assert release.wait(10)
 
         held = Deferred.fromCoroutine(store._database.run(hold))
-        read = Deferred.fromCoroutine(store.get_account(alice["id"]))
         try:
-            assert not read.called
+            assert busy.wait(10)
+            write = Deferred.fromCoroutine(store.insert_account(account("bob")))
+            read = Deferred.fromCoroutine(store.get_account(alice["id"]))
+            assert read.called and read.result == alice  # not the uncommitted endpoint
             ticked: Deferred[None] = Deferred()
             reactor.callLater(0.05, ticked.callback, None)
             await ticked  # the reactor keeps turning while the database is held
-            assert busy.is_set() and not read.called
+            assert not write.called
         finally:
             release.set()
         await held
-        assert await read == alice
+        await write
+        assert (await store.get_account(alice["id"]))["endpoint"] == "http://uncommitted/"
+        assert await store.count_accounts() == 2
     finally:
         await store.close()
 
@@ -821,7 +828,7 @@ async def test_sqlite_queries_use_indexes(db_path: Path) -> None:
         fired = firing(s["johns"]["id"])
         deliveries = [delivery(fired, sub) for sub in s["to_john"]]
         await store.insert_firing(fired, deliveries)
-        await store._database.run(lambda c: c.set_trace_callback(statements.append))
+        await store._database.trace(statements.append)
         john = s["john"]["id"]
         await store.get_account(john)
         await store.get_account_by_username("john")
@@ -840,7 +847,7 @@ async def test_sqlite_queries_use_indexes(db_path: Path) -> None:
         await store.delete_subscription(s["to_jane"]["id"])
         await store.delete_registration(s["janes"]["id"])
         await store.delete_account(john)
-        await store._database.run(lambda c: c.set_trace_callback(None))
+        await store._database.trace(None)
 
         def plans(connection: sqlite3.Connection) -> list[tuple[str, str]]:
             found = []
@@ -875,7 +882,9 @@ def test_page_cursors_remember_and_forget() -> None:
     assert cursors.nearest(query, 15) == (0, 0)
     other = ("registrations", "account_id = ?", "a")
     cursors.remember(other, 10, 7)
+    before = cursors.generation
     cursors.forget("subscriptions")
+    assert cursors.generation > before  # a page read across this forget keeps nothing
     assert cursors.nearest(query, 40) == (0, 0)
     assert cursors.nearest(other, 10) == (10, 7)
     for n in range(3):

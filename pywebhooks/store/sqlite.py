@@ -1,8 +1,10 @@
 """``SQLiteStore``: the embedded default ``IStore``, one file on local disk.
 
-Every statement runs on the ``SQLiteDatabase`` thread, so the reactor never
-waits for the disk, and every method is one transaction (``record_attempt``
-shares it with the other attempts settled at the same moment).  Each table
+Every write runs on the ``SQLiteDatabase`` thread, so the reactor never
+waits for a commit, and reads run at once on its read-only connection
+(``SQLiteDatabase.read``).  Every method is one transaction
+(``record_attempt`` shares it with the other attempts settled at the same
+moment).  Each table
 has an ``INTEGER PRIMARY KEY seq`` (the rowid: creation order, always
 growing) and a unique ``id``.  Subscriptions and firings also keep
 ``owner_id``, the owner of their registration when they were made, which
@@ -19,7 +21,8 @@ from __future__ import annotations
 import collections
 import json
 import sqlite3
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -160,13 +163,16 @@ class PageCursors:
     deleted (new rows always get a higher ``seq`` and land at the end), so
     the owner calls ``forget(table)`` after deleting from a table.  Bounded
     LRU on both levels.  Not thread-safe: ``SQLiteStore`` uses it only on the
-    database thread, inside the transaction that reads or deletes the rows.
+    reactor thread, before and after the reads and deletes; ``generation``
+    tells a page read whether a ``forget`` happened meanwhile.
     """
 
     def __init__(self, queries_per_table: int = 256, positions_per_query: int = 64) -> None:
         self._queries_per_table = queries_per_table
         self._positions_per_query = positions_per_query
         self._tables: dict[str, collections.OrderedDict[tuple[Any, ...], dict[int, int]]] = {}
+        #: Increases at every ``forget`` and ``clear``.
+        self.generation = 0
 
     def nearest(self, query: tuple[Any, ...], start: int) -> tuple[int, int]:
         """``(position, seq)``: the known position closest at or before ``start``
@@ -202,10 +208,12 @@ class PageCursors:
     def forget(self, table: str) -> None:
         """Rows were deleted from ``table``: every position there may have moved."""
         self._tables.pop(table, None)
+        self.generation += 1
 
     def clear(self) -> None:
         """Forget everything (the schema was recreated)."""
         self._tables.clear()
+        self.generation += 1
 
 
 @implementer(IStore)
@@ -233,6 +241,30 @@ class SQLiteStore:
         if grouped:
             return await self._database.run_grouped(function)
         return await self._database.run(function)
+
+    async def _read(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read at once on this thread (``SQLiteDatabase.read``)."""
+        if not self._open:
+            raise StoreUnavailable("The store is not open")
+        return await self._database.read(function)
+
+    @contextmanager
+    def _moving_rows(self, *tables: str) -> Iterator[None]:
+        """Around a transaction that deletes (or moves) rows of ``tables``:
+        forget the page positions cached for them once it has committed.
+
+        Forgetting after the commit, on the reactor thread where pages are
+        read, means no position read from before the commit outlives it."""
+        try:
+            yield
+        finally:
+            for table in tables:
+                self._cursors.forget(table)
+
+    async def _deleting(self, function: Callable[[sqlite3.Connection], T], *tables: str) -> T:
+        """Run a transaction that deletes rows of ``tables`` (``_moving_rows``)."""
+        with self._moving_rows(*tables):
+            return await self._run(function)
 
     async def _open_database(self) -> None:
         if not self._open:
@@ -277,9 +309,11 @@ class SQLiteStore:
                     connection.execute("DROP TABLE IF EXISTS %s" % (table,))
             for statement in SCHEMA:
                 connection.execute(statement)
-            self._cursors.clear()
 
-        await self._run(create)
+        try:
+            await self._run(create)
+        finally:
+            self._cursors.clear()
         self.log.info("store schema ready in {path} (dropped first: {drop})",
                       path=self._database.path, drop=drop)
 
@@ -309,7 +343,7 @@ class SQLiteStore:
             row = connection.execute(statement, params).fetchone()
             return None if row is None else to_record(kind, row)
 
-        return await self._run(get)
+        return await self._read(get)
 
     async def _update(self, kind: str, record_id: str, changes: Mapping[str, Any]) -> WriteResult:
         check_changes(kind, changes)
@@ -330,22 +364,19 @@ class SQLiteStore:
             if current == wanted:
                 return WriteResult(unchanged=1)
             connection.execute(update, (*values, record_id))
-            if "account_id" in fields:
-                self._cursors.forget(table)
             return WriteResult(replaced=1)
 
-        return await self.transaction(apply, kind)
+        with self._moving_rows(*([table] if "account_id" in fields else [])):
+            return await self.transaction(apply, kind)
 
-    def _delete(self, connection: sqlite3.Connection, table: str, where: str,
-                *params: Any) -> int:
-        """Delete rows (on the database thread) and forget moved page positions."""
-        count = connection.execute("DELETE FROM %s WHERE %s" % (table, where), params).rowcount
-        if count:
-            self._cursors.forget(table)
-        return count
+    @staticmethod
+    def _delete(connection: sqlite3.Connection, table: str, where: str, *params: Any) -> int:
+        """Delete rows (on the database thread, inside ``_deleting``); how many."""
+        return int(connection.execute("DELETE FROM %s WHERE %s" % (table, where), params).rowcount)
 
     async def _delete_result(self, table: str, where: str, *params: Any) -> int:
-        return await self._run(lambda connection: self._delete(connection, table, where, *params))
+        return await self._deleting(
+            lambda connection: self._delete(connection, table, where, *params), table)
 
     async def _page(self, kind: str, start: int, limit: int,
                     where: str = "", params: Sequence[Any] = ()) -> Page:
@@ -358,26 +389,32 @@ class SQLiteStore:
         read = "SELECT seq, %s FROM %s WHERE %s ORDER BY seq LIMIT ?" % (
             columns(kind), table, condition)
 
-        def page(connection: sqlite3.Connection) -> Page:
-            position, after = self._cursors.nearest(query, start)
+        cursors = self._cursors
+        generation = cursors.generation
+        position, after = cursors.nearest(query, start)
+
+        def page(connection: sqlite3.Connection) -> tuple[int | None, list[Any]]:
+            """``(seq before the page or None if past the end, its rows + 1)``."""
+            seq = after
             if position < start:
                 first = connection.execute(
                     find_first, (*params, after, start - position)).fetchone()
                 if first is None:
-                    return Page(rows=[], more=False)
-                after = first[0] - 1
-                self._cursors.remember(query, start, after)
-            rows = connection.execute(read, (*params, after, limit + 1)).fetchall()
-            shown = rows[:limit]
-            if shown:
-                self._cursors.remember(query, start + len(shown), shown[-1][0])
-            return Page(rows=[to_record(kind, row[1:]) for row in shown], more=len(rows) > limit)
+                    return (None, [])
+                seq = first[0] - 1
+            return (seq, connection.execute(read, (*params, seq, limit + 1)).fetchall())
 
-        return await self._run(page)
+        before, rows = await self._read(page)
+        shown = rows[:limit]
+        if before is not None and cursors.generation == generation:
+            cursors.remember(query, start, before)
+            if shown:
+                cursors.remember(query, start + len(shown), shown[-1][0])
+        return Page(rows=[to_record(kind, row[1:]) for row in shown], more=len(rows) > limit)
 
     async def _count(self, table: str, where: str, *params: Any) -> int:
         statement = "SELECT count(*) FROM %s WHERE %s" % (table, where)
-        return await self._run(lambda connection: connection.execute(
+        return await self._read(lambda connection: connection.execute(
             statement, params).fetchone()[0])
 
     # -- accounts --------------------------------------------------------
@@ -411,7 +448,7 @@ class SQLiteStore:
             self._delete(connection, "registrations", "account_id = ?", account_id)
             return deleted(self._delete(connection, "accounts", "id = ?", account_id))
 
-        return await self._run(delete)
+        return await self._deleting(delete, "subscriptions", "registrations", "accounts")
 
     async def delete_non_admin_accounts(self) -> WriteResult:
         """Delete every non-admin account, with no cascade."""
@@ -448,7 +485,7 @@ class SQLiteStore:
             self._delete(connection, "subscriptions", "registration_id = ?", registration_id)
             return deleted(self._delete(connection, "registrations", "id = ?", registration_id))
 
-        return await self._run(delete)
+        return await self._deleting(delete, "subscriptions", "registrations")
 
     async def delete_all_registrations(self) -> WriteResult:
         """Delete every registration, leaving subscriptions."""
@@ -508,7 +545,7 @@ class SQLiteStore:
 
     async def subscribers(self, registration_id: str) -> list[Record]:
         """The live subscribers of one registration, in subscription order."""
-        return await self._run(self.reading_subscribers(registration_id))
+        return await self._read(self.reading_subscribers(registration_id))
 
     def reading_subscribers(self, registration_id: str) -> Callable[[sqlite3.Connection], list[Record]]:
         """The statement of ``subscribers``, for a transaction of the caller's."""
@@ -578,7 +615,7 @@ class SQLiteStore:
             return [to_record("delivery", row)
                     for row in connection.execute(statement, (firing_id,))]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def record_attempt(
         self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
