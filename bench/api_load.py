@@ -10,7 +10,12 @@ sends, alternately, ``POST /v1/webhook/triggered/<id>`` and
 1. at ``--rate`` (500 req/s) for ``--seconds``: p50/p99 against the 20 ms target;
 2. at rising rates (``--steps``) for ``--step-seconds`` each: the max
    sustained rate = the highest rate achieved (>= 95 %) with p99 <= 20 ms;
-3. ``wrk`` (closed loop, ``--wrk-connections``) on the list alone, for its maximum.
+3. ``wrk`` (closed loop, ``--wrk-connections``) on the list alone, for its maximum;
+4. the floor: the same load generator at ``--rate`` against ``bench/bare_web.py``,
+   a bare twisted.web resource answering a list-sized JSON body (no routing,
+   authentication, database or deliveries).
+
+The daemon's CPU per request (all threads) is printed for the main run.
 
     .venv/bin/python bench/api_load.py [--rate 500 --seconds 10 --ledger sqlite]
 """
@@ -69,12 +74,15 @@ async def main(reactor: Any) -> None:
     progress("loadgen: %g req/s for %gs (trigger + list, authenticated)", arguments.rate, arguments.seconds)
     profile = directory / "pyspy.txt"
     spy = harness.start_pyspy(pid, profile, arguments.seconds) if arguments.profile else None
+    cpu_before = harness.cpu_seconds(pid)
     main_run = loadgen(daemon.port, owner, registration_id, arguments.rate, arguments.seconds)
     if spy is not None:
         spy.wait()
         for share, name in harness.top_self_time(profile):
             progress("  profile %5.1f%% %s", 100 * share, name)
     await harness.sleep(reactor, 2)  # let the deliveries of the main run finish before the steps
+    cpu_ms = 1000 * (harness.cpu_seconds(pid) - cpu_before) / max(1, main_run["requests"])
+    progress("daemon CPU per request (its deliveries included): %.2f ms", cpu_ms)
     progress("at %g req/s: achieved %s, p50 %s ms, p99 %s ms, statuses %s", arguments.rate,
              main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"], main_run["statuses"])
 
@@ -98,6 +106,14 @@ async def main(reactor: Any) -> None:
     rss = harness.rss_mb(pid)
     await daemon.terminate(timeout=30)
     wrk.pop("output", None)
+
+    progress("floor: bare twisted.web at %g req/s for %gs", arguments.rate, arguments.seconds)
+    bare = harness.ListeningProcess("bare_web.py", "--log", str(directory / "bare_web.log"))
+    bare_cpu = harness.cpu_seconds(bare.process.pid)
+    floor = loadgen(bare.port, owner, registration_id, arguments.rate, arguments.seconds)
+    floor["cpu_ms_per_request"] = round(
+        1000 * (harness.cpu_seconds(bare.process.pid) - bare_cpu) / max(1, floor["requests"]), 3)
+    bare.stop()
     harness.summary("api_load", [
         "at %g req/s (50%% trigger, 50%% list, auth): achieved %s req/s, p50 %s ms, p99 %s ms "
         "(target p99 <= %g ms), max %s ms, statuses %s"
@@ -105,11 +121,14 @@ async def main(reactor: Any) -> None:
            main_run["max_ms"], main_run["statuses"]),
         "max sustained rate with p99 <= %g ms: %g req/s (steps: %s)"
         % (TARGET_P99_MS, best, ", ".join("%g->p99 %s" % (s["target_rate"], s["p99_ms"]) for s in steps)),
+        "daemon CPU per request in that run: %.2f ms (its deliveries included)" % (cpu_ms,),
         "wrk, list only, %d connections: %s req/s, p50 %s ms, p99 %s ms"
         % (arguments.wrk_connections, wrk.get("requests_per_s"), wrk.get("p50_ms"), wrk.get("p99_ms")),
+        "floor, bare twisted.web at %g req/s: p50 %s ms, p99 %s ms, CPU per request %.2f ms"
+        % (arguments.rate, floor["p50_ms"], floor["p99_ms"], floor["cpu_ms_per_request"]),
         "daemon RSS at the end: %.0f MB" % (rss,),
-    ], {"args": vars(arguments), "main": main_run, "steps": steps, "max_sustained_rate": best,
-        "wrk_list": wrk, "rss_mb": round(rss, 1)})
+    ], {"args": vars(arguments), "main": main_run, "cpu_ms_per_request": round(cpu_ms, 3), "steps": steps,
+        "max_sustained_rate": best, "wrk_list": wrk, "bare_web": floor, "rss_mb": round(rss, 1)})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every benchmark runs on the Twisted reactor (``run(main)``) and starts what
 it needs as child processes on loopback:
 
 - ``start_receiver(...)``: ``bench/receiver.py`` (echo, counts POSTs);
+- ``ListeningProcess("bare_web.py", ...)``: any ``bench/`` server script;
 - ``start_redis(directory)``: a real redis-server (``tests.support.redis_server``);
 - ``start_daemon(reactor, directory, ...)``: ``twist pywebhooks``
   (``tests.support.daemon.Daemon``: ``python -m twisted pywebhooks ...``).
@@ -91,21 +92,33 @@ def sleep(reactor: Any, seconds: float) -> Deferred[None]:
 # -- child processes ---------------------------------------------------------
 
 
-class ReceiverProcess:
-    """A ``bench/receiver.py`` process."""
+class ListeningProcess:
+    """A ``bench/`` server script that prints ``listening PORT`` once ready."""
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, script: str, *options: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "bench" / "receiver.py"), "--port", "0",
-             "--status", str(status), "--delay", str(delay)],
+            [sys.executable, str(REPO_ROOT / "bench" / script), "--port", "0", *options],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
         if not line.startswith("listening "):
-            raise RuntimeError("receiver did not start: %r" % (line,))
+            raise RuntimeError("%s did not start: %r" % (script, line))
         self.port = int(line.split()[1])
         _CHILDREN.append(self.stop)
+
+    def stop(self) -> None:
+        """Kill it."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class ReceiverProcess(ListeningProcess):
+    """A ``bench/receiver.py`` process."""
+
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        super().__init__("receiver.py", "--status", str(status), "--delay", str(delay))
 
     def url(self, path: str = "/hook") -> str:
         """An endpoint URL on this receiver."""
@@ -120,12 +133,6 @@ class ReceiverProcess:
         """Zero the counters."""
         with urllib.request.urlopen(self.url("/_reset"), timeout=10) as reply:
             reply.read()
-
-    def stop(self) -> None:
-        """Kill it."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def start_receiver(status: int = 200, delay: float = 0.0) -> ReceiverProcess:
