@@ -4,7 +4,9 @@ Request ``i`` is due at ``start + i / rate`` whatever happened before (no
 coordinated omission): its latency is counted from that due time to the end
 of its answer.  Requests alternate through ``--request METHOD PATH`` (give
 it several times for a mix); every request carries ``--header`` values.
-Prints one JSON line: achieved rate, p50/p90/p99/max in ms, statuses.
+Prints one JSON line: achieved rate, p50/p90/p99/max in ms, statuses, and
+``send_late_p99_ms``: how late this process itself started its requests
+(its own stalls, which the latencies include).
 
     .venv/bin/python bench/loadgen.py --port 8081 --rate 500 --seconds 10 \\
         --header username:alice --header api-key:KEY \\
@@ -62,6 +64,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
     requests = [build(method, path, arguments.header, arguments.port) for method, path in arguments.request]
     idle: list[Connection] = []
     latencies: list[float] = []
+    late: list[float] = []  # how long after its due time each request started
     statuses: Counter[int] = Counter()
     errors = [0]
     error_kinds: Counter[str] = Counter()
@@ -69,6 +72,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
     tasks = []
 
     async def one(index: int, due: float) -> None:
+        late.append(time.perf_counter() - due)
         connection = idle.pop() if idle else None
         try:
             if connection is None:
@@ -91,16 +95,16 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
         tasks.append(asyncio.ensure_future(one(index, due)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
-
-    def pct(fraction: float) -> float | None:
+    def pct(values: list[float], fraction: float) -> float | None:
+        ordered = sorted(values)
         if not ordered:
             return None
         return round(1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
     return {"target_rate": arguments.rate, "requests": len(latencies), "errors": errors[0],
-            "achieved_rate": round(len(latencies) / elapsed, 1), "p50_ms": pct(0.5), "p90_ms": pct(0.9),
-            "p99_ms": pct(0.99), "max_ms": pct(1.0), "statuses": dict(statuses), "error_kinds": dict(error_kinds)}
+            "achieved_rate": round(len(latencies) / elapsed, 1), "p50_ms": pct(latencies, 0.5),
+            "p90_ms": pct(latencies, 0.9), "p99_ms": pct(latencies, 0.99), "max_ms": pct(latencies, 1.0),
+            "send_late_p99_ms": pct(late, 0.99), "statuses": dict(statuses), "error_kinds": dict(error_kinds)}
 
 
 def main() -> None:
