@@ -10,8 +10,9 @@ calls made while a transaction runs share the next one (a group commit), so
 a burst of N writes costs a few thread crossings and commits, not N.
 
 Reads (``read``) do not cross threads: they run at once on the caller's
-thread, on a second, read-only connection.  Every read the store makes is
-an indexed lookup or a bounded page, which SQLite answers in tens of
+thread, on a second, read-only connection.  The store reads this way only
+indexed lookups and pages near a known position (``SQLiteStore`` sends a
+deep page's walk to the thread), which SQLite answers in tens of
 microseconds, while handing a call to the thread and its result back cost
 milliseconds under load, waiting for the GIL twice (``bench/RESULTS.md``).
 In WAL mode a reader never waits for the writer: it sees the last commit.

@@ -22,6 +22,7 @@ from pywebhooks import records
 from pywebhooks.errors import DatabaseMissing, DuplicateUsername, StoreError, StoreUnavailable
 from pywebhooks.records import Page, WriteResult
 from pywebhooks.store.interface import IStore
+from pywebhooks.store import sqlite as sqlite_store
 from pywebhooks.store.sqlite import PageCursors, SQLiteStore
 from tests.support.stores import STORES, sqlite_database
 
@@ -863,6 +864,36 @@ async def test_sqlite_queries_use_indexes(db_path: Path) -> None:
         scans = [(sql, plan) for sql, plan in found
                  if plan.startswith("SCAN") and "INDEX" not in plan]
         assert scans == []
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_deep_pages_are_walked_off_the_reactor(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page that has to skip more than LONG_SKIP rows to find its start is
+    read on the database thread (the walk does not stop the reactor); nearer
+    pages are read at once on the calling thread.  Both give the right rows."""
+    monkeypatch.setattr(sqlite_store, "LONG_SKIP", 20)
+    store = await _sqlite(db_path)
+    try:
+        names = ["user%02d" % (n,) for n in range(30)]
+        await _users(store, *names)
+        offset_walks: list[int] = []
+
+        def trace(statement: str) -> None:
+            if "OFFSET" in statement:
+                offset_walks.append(threading.get_ident())
+
+        await store._database.trace(trace)
+        deep = await store.list_accounts(25, 3)
+        near = await store.list_accounts(10, 3)
+        await store._database.trace(None)
+        assert [row["username"] for row in deep.rows] == names[25:28]
+        assert [row["username"] for row in near.rows] == names[10:13]
+        here = threading.get_ident()
+        assert len(offset_walks) == 2
+        assert offset_walks[0] != here and offset_walks[1] == here
     finally:
         await store.close()
 

@@ -216,6 +216,13 @@ class PageCursors:
         self.generation += 1
 
 
+#: A page that has to skip more rows than this to reach its start (no
+#: position cached near it) is read on the database thread: that walk is
+#: SQLite's own work, which there runs beside the reactor instead of
+#: stopping it, however deep a client pages.
+LONG_SKIP = 1000
+
+
 @implementer(IStore)
 class SQLiteStore:
     """Records in one SQLite file, through a shared ``SQLiteDatabase``.
@@ -404,7 +411,8 @@ class SQLiteStore:
                 seq = first[0] - 1
             return (seq, connection.execute(read, (*params, seq, limit + 1)).fetchall())
 
-        before, rows = await self._read(page)
+        reading = self._read if start - position <= LONG_SKIP else self._run
+        before, rows = await reading(page)
         shown = rows[:limit]
         if before is not None and cursors.generation == generation:
             cursors.remember(query, start, before)
