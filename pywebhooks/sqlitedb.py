@@ -128,18 +128,15 @@ class SQLiteDatabase:
     def _open_reader(self) -> None:
         """Open the read-only connection (after the writer has set WAL mode);
         without it, reads go to the database thread."""
+        reader: sqlite3.Connection | None = None
         try:
             reader = open_connection(self.path)
-        except sqlite3.Error as error:
-            self.log.warn("sqlite {path}: reads go through the database thread ({error})",
-                          path=self.path, error=str(error))
-            return
-        try:
             reader.execute("PRAGMA query_only=ON")
             # Never wait on the reactor: a locked file sends the read to the thread.
             reader.execute("PRAGMA busy_timeout=0")
         except sqlite3.Error as error:
-            reader.close()
+            if reader is not None:
+                reader.close()
             self.log.warn("sqlite {path}: reads go through the database thread ({error})",
                           path=self.path, error=str(error))
             return
