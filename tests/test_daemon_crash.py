@@ -33,10 +33,8 @@ async def test_pending_retry_survives_kill_9_and_restart(tmp_path: Path, ledger:
         receiver.behave("/subscriber", status=500)
         await daemon.start()
         api = daemon.api()
-        publisher = await api.create_account("publisher", receiver.url("/publisher"))
-        subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-        registration = await api.register(publisher, "order.paid", {"order": 42})
-        await api.subscribe(subscriber, registration["id"])
+        publisher, subscriber, registration = await api.publisher_and_subscriber(
+            receiver.url, "order.paid", {"order": 42})
         await api.trigger(publisher, registration["id"])
 
         (first,) = await receiver.wait_for_posts(1).addTimeout(10, reactor)

@@ -59,10 +59,8 @@ async def test_embedded_service_serves_under_the_host_sites_path(tmp_path: Path)
         assert reply.status == 200
         assert [account["username"] for account in reply.body["accounts"]] == ["admin"]
 
-        publisher = await api.create_account("publisher", receiver.url("/publisher"))
-        subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-        registration = await api.register(publisher, "embedded.event", {"hello": "host"})
-        await api.subscribe(subscriber, registration["id"])
+        publisher, subscriber, registration = await api.publisher_and_subscriber(
+            receiver.url, "embedded.event", {"hello": "host"})
         await api.trigger(publisher, registration["id"])
         (post,) = await receiver.wait_for_posts(1)
         assert post.path == "/subscriber"

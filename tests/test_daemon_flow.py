@@ -51,10 +51,8 @@ async def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         await daemon.start()
         assert daemon.admin_keys is not None
         api = daemon.api()
-        publisher = await api.create_account("publisher", receiver.url("/publisher"))
-        subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-        registration = await api.register(publisher, "user.created", EVENT_DATA)
-        await api.subscribe(subscriber, registration["id"])
+        publisher, subscriber, registration = await api.publisher_and_subscriber(
+            receiver.url, "user.created", EVENT_DATA)
         firings = [await api.trigger(publisher, registration["id"])]
         await receiver.wait_for_posts(1)
 

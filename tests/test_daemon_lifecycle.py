@@ -99,10 +99,8 @@ async def test_sigterm_waits_for_the_delivery_in_flight(daemon: Daemon) -> None:
         daemon.options += ["--shutdown-grace", "5"]
         await daemon.start()
         api = daemon.api()
-        publisher = await api.create_account("publisher", receiver.url("/publisher"))
-        subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-        registration = await api.register(publisher, "slow.event", {"slow": True})
-        await api.subscribe(subscriber, registration["id"])
+        publisher, subscriber, registration = await api.publisher_and_subscriber(
+            receiver.url, "slow.event", {"slow": True})
         await api.trigger(publisher, registration["id"])
         await receiver.wait_for_posts(1).addTimeout(10, reactor)
 

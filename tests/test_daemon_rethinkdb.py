@@ -116,10 +116,8 @@ async def test_start_without_a_server_exits_with_a_clear_message(tmp_path: Path)
 
 async def set_up(api: ApiClient, receiver: Receiver) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A publisher with a registration and a subscriber to it (accounts through the echo)."""
-    publisher = await api.create_account("publisher", receiver.url("/publisher"))
-    subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-    registration = await api.register(publisher, "order.paid", EVENT_DATA)
-    await api.subscribe(subscriber, registration["id"])
+    publisher, subscriber, registration = await api.publisher_and_subscriber(
+        receiver.url, "order.paid", EVENT_DATA)
     return publisher, subscriber, registration
 
 

@@ -63,10 +63,8 @@ async def test_a_delivery_to_a_newly_denied_target_is_a_failed_attempt(tmp_path:
     try:
         await daemon.start()
         api = daemon.api()
-        owner = await api.create_account("owner", receiver.url("/owner"))
-        subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-        registration = await api.register(owner, "refused.event", {"n": 1})
-        await api.subscribe(subscriber, registration["id"])
+        owner, subscriber, registration = await api.publisher_and_subscriber(
+            receiver.url, "refused.event", {"n": 1}, publisher="owner")
         await daemon.terminate()
         daemon.options += ["--deny-targets", "127.0.0.0/8"]
         await daemon.start()

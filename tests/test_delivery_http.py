@@ -51,7 +51,7 @@ from tests.support.deliveries import (  # noqa: F401 (fixtures)
 )
 from tests.support.receiver import Receiver
 from tests.support.processes import free_port
-from tests.support.stores import sqlite_database
+from tests.support.stores import sqlite_database, store_and_ledger
 
 pytestmark = pytest.mark.usefixtures("logged_errors")
 
@@ -189,21 +189,8 @@ async def listen(servers: list[IListeningPort], factory: Any, tls: Any = None) -
 @contextlib.asynccontextmanager
 async def opened_sqlite(path: Path, create: bool = True) -> AsyncIterator[tuple[SQLiteStore, SQLiteLedger]]:
     """A store and a ledger on their own connection to the file at ``path``."""
-    database = sqlite_database(path)
-    store = SQLiteStore(database)
-    if create:
-        await store.initialize(drop=True)
-    else:
-        await store.open()
-    try:
-        ledger = SQLiteLedger(database)
-        await ledger.open()
-        try:
-            yield store, ledger
-        finally:
-            await ledger.close()
-    finally:
-        await store.close()
+    async with store_and_ledger(sqlite_database(path), create=create) as opened:
+        yield opened
 
 
 async def deliveries_by_endpoint(store: Any, firing: dict[str, Any]) -> dict[str, dict[str, Any]]:

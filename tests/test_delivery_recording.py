@@ -21,7 +21,7 @@ from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.store.memory import MemoryStore
 from pywebhooks.store.sqlite import SQLiteStore
 from tests.support.deliveries import World, running_reactor
-from tests.support.stores import sqlite_database
+from tests.support.stores import sqlite_database, store_and_ledger
 
 LEASED_UNTIL = 4_000_000_000.0
 
@@ -31,15 +31,9 @@ async def sqlite_pair(directory: Path, shared: bool) -> AsyncIterator[tuple[SQLi
     """An SQLite store and ledger, in one file or in two."""
     directory.mkdir(parents=True, exist_ok=True)
     store_database = sqlite_database(directory / "store.sqlite3")
-    store = SQLiteStore(store_database)
-    ledger = SQLiteLedger(store_database if shared else sqlite_database(directory / "ledger.sqlite3"))
-    await store.initialize(drop=True)
-    await ledger.open()
-    try:
-        yield store, ledger
-    finally:
-        await ledger.close()
-        await store.close()
+    ledger_database = None if shared else sqlite_database(directory / "ledger.sqlite3")
+    async with store_and_ledger(store_database, ledger_database) as opened:
+        yield opened
 
 
 def planned(world: World, count: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[PendingDelivery]]:

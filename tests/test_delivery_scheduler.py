@@ -304,15 +304,22 @@ def counting_unit(**overrides: Any) -> Unit:
     return unit
 
 
+async def stalled(max_in_flight: int, subscribers: int, **overrides: Any) -> Unit:
+    """A counting unit fired once at ``subscribers`` endpoints that never answer:
+    ``max_in_flight`` attempts hang, the rest of the fan-out is left over."""
+    unit = await counting_unit(max_in_flight=max_in_flight, **overrides).start(subscribers=subscribers)
+    unit.receiver.hanging.add("/account/endpoint")
+    await unit.fire()
+    assert unit.scheduler.in_flight == max_in_flight
+    return unit
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_fan_outs_surplus_waits_here_and_starts_as_slots_free() -> None:
     """Entries of a firing beyond the free slots (up to max_in_flight more) wait
     in the scheduler, still leased, and start the moment a slot frees: no
     release and no claim in between."""
-    unit = await counting_unit(max_in_flight=10).start(subscribers=15)
-    unit.receiver.hanging.add("/account/endpoint")
-    await unit.fire()
-    assert unit.scheduler.in_flight == 10
+    unit = await stalled(max_in_flight=10, subscribers=15)
     unit.clock.advance(5)  # the first ten time out; the five waiting start at once
     assert unit.receiver.times()[10:] == [5.0] * 5
     assert (unit.ledger.claims, unit.ledger.released) == (0, [])
@@ -323,10 +330,7 @@ async def test_a_fan_outs_surplus_waits_here_and_starts_as_slots_free() -> None:
 @pytest_twisted.ensureDeferred
 async def test_entries_waiting_here_are_released_at_shutdown() -> None:
     """Stopping releases the entries waiting for a slot: another daemon can claim them at once."""
-    unit = await counting_unit(max_in_flight=2, shutdown_grace=1.0).start(subscribers=5)
-    unit.receiver.hanging.add("/account/endpoint")
-    await unit.fire()
-    assert unit.scheduler.in_flight == 2
+    unit = await stalled(max_in_flight=2, subscribers=5, shutdown_grace=1.0)
     await unit.stop()
     assert len(await unit.ledger.claim(unit.clock.seconds(), 100, 60)) == 5
 
@@ -335,10 +339,7 @@ async def test_entries_waiting_here_are_released_at_shutdown() -> None:
 async def test_with_a_short_lease_nothing_waits_here() -> None:
     """When the lease is short against an attempt, the surplus is released to
     the ledger at once instead of waiting here."""
-    unit = await counting_unit(max_in_flight=2, lease_seconds=10.0).start(subscribers=5)
-    unit.receiver.hanging.add("/account/endpoint")
-    await unit.fire()
-    assert unit.scheduler.in_flight == 2
+    unit = await stalled(max_in_flight=2, subscribers=5, lease_seconds=10.0)
     assert len(unit.ledger.released) == 3
     unit.receiver.hanging.clear()
     await unit.stop()

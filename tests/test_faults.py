@@ -148,10 +148,8 @@ async def test_a_full_disk_is_a_503_that_writes_nothing_and_clears_without_a_res
     try:
         await daemon.start()
         api = daemon.api()
-        publisher = await api.create_account("publisher", receiver.url("/publisher"))
-        subscriber = await api.create_account("subscriber", receiver.url("/subscriber"))
-        registration = await api.register(publisher, "disk.event", {"n": 0})
-        await api.subscribe(subscriber, registration["id"])
+        publisher, subscriber, registration = await api.publisher_and_subscriber(
+            receiver.url, "disk.event", {"n": 0})
         trigger_path = "/v1/webhook/triggered/" + registration["id"]
         first = await api.call("POST", trigger_path, {"event_data": {"n": 1}}, publisher)
         assert first.status == 201

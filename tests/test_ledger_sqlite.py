@@ -12,6 +12,7 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.sqlitedb import SQLiteDatabase
 from tests.support.ledgers import running_reactor
+from tests.support.stores import store_and_ledger
 from tests.test_ledger_behaviour import LEASE, T, entry
 
 
@@ -51,20 +52,11 @@ async def test_finishes_and_reschedules_are_group_committed(tmp_path: Path) -> N
 @pytest_twisted.ensureDeferred
 async def test_shares_the_file_with_the_store(tmp_path: Path) -> None:
     """The ledger can live in the store's own database (one file, one thread)."""
-    from pywebhooks.store.sqlite import SQLiteStore
-
     database = SQLiteDatabase(running_reactor(), str(tmp_path / "pywebhooks.sqlite3"))
-    store = SQLiteStore(database)
-    await store.initialize(drop=True)
-    ledger = SQLiteLedger(database)
-    await ledger.open()
-    try:
+    async with store_and_ledger(database) as (store, ledger):
         await ledger.add([entry(T)])
         assert await store.count_accounts() == 0
         assert await ledger.count() == 1
-    finally:
-        await ledger.close()
-        await store.close()
     with sqlite3.connect(database.path) as check:
         tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "pending_deliveries" in tables and "accounts" in tables
@@ -73,14 +65,8 @@ async def test_shares_the_file_with_the_store(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_attempt_records_and_finishes_share_transactions(tmp_path: Path) -> None:
     """Attempt records and ledger finishes settled together take a handful of transactions."""
-    from pywebhooks.store.sqlite import SQLiteStore
-
     database = CountingDatabase(running_reactor(), str(tmp_path / "pywebhooks.sqlite3"))
-    store = SQLiteStore(database)
-    await store.initialize(drop=True)
-    ledger = SQLiteLedger(database)
-    await ledger.open()
-    try:
+    async with store_and_ledger(database) as (store, ledger):
         account = {"id": "a1", "username": "john", "endpoint": "http://127.0.0.1/", "api_key": "h",
                    "secret_key": "s", "is_admin": False, "failed_count": 0, "epoch": T}
         await store.insert_account(account)
@@ -96,9 +82,6 @@ async def test_attempt_records_and_finishes_share_transactions(tmp_path: Path) -
         assert database.transactions - before <= 3
         assert sorted(results[:200]) == list(range(1, 201))
         assert await ledger.count() == 0
-    finally:
-        await ledger.close()
-        await store.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -31,7 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,18 @@ class ApiClient:
         reply = await self.call("POST", "/v1/webhook/subscription/" + registration_id, None, account)
         assert reply.status == 201, reply
         return dict(reply.body)
+
+    async def publisher_and_subscriber(
+        self, url: Callable[[str], str], event: str, event_data: Any, publisher: str = "publisher",
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Accounts ``publisher`` and ``subscriber`` (endpoints ``url("/<name>")``), a
+        registration of the publisher's, and the subscriber subscribed to it:
+        ``(publisher, subscriber, registration)``."""
+        owner = await self.create_account(publisher, url("/" + publisher))
+        subscriber = await self.create_account("subscriber", url("/subscriber"))
+        registration = await self.register(owner, event, event_data)
+        await self.subscribe(subscriber, registration["id"])
+        return owner, subscriber, registration
 
     async def trigger(self, account: Mapping[str, Any], registration_id: str) -> dict[str, Any]:
         """``account`` fires the registration."""

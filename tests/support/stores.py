@@ -17,6 +17,7 @@ import contextlib
 from pathlib import Path
 from typing import AsyncContextManager, AsyncIterator, Callable, cast
 
+from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.sqlitedb import SQLiteDatabase
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.memory import MemoryStore
@@ -59,3 +60,25 @@ STORES: dict[str, Callable[[Path], AsyncContextManager[IStore]]] = {
     "sqlite": sqlite_store,
     "rethinkdb": rethinkdb_store,
 }
+
+
+@contextlib.asynccontextmanager
+async def store_and_ledger(database: SQLiteDatabase, ledger_database: SQLiteDatabase | None = None,
+                           create: bool = True) -> AsyncIterator[tuple[SQLiteStore, SQLiteLedger]]:
+    """An SQLite store on ``database`` with its tables made afresh (``create``)
+    or only opened, and a ledger on ``ledger_database`` (default: the same
+    database); both closed afterwards."""
+    store = SQLiteStore(database)
+    if create:
+        await store.initialize(drop=True)
+    else:
+        await store.open()
+    try:
+        ledger = SQLiteLedger(database if ledger_database is None else ledger_database)
+        await ledger.open()
+        try:
+            yield store, ledger
+        finally:
+            await ledger.close()
+    finally:
+        await store.close()
