@@ -123,10 +123,11 @@ class APIBase:
         """The caller's account and the result of ``reading``, a store read
         that does not depend on who the caller is.
 
-        The read goes to the store while the credentials are checked, so
-        both reach the database together (one round trip instead of two).
-        Nothing of it is used unless the credentials pass; when they do not,
-        its result or failure is dropped.
+        The read goes to the store while the credentials are checked, so with
+        a networked store (RethinkDB) both queries are in flight together, one
+        round trip instead of two; the embedded store answers both at once
+        anyway (``SQLiteDatabase.read``).  Nothing of it is used unless the
+        credentials pass; when they do not, its result or failure is dropped.
         """
         read = ensureDeferred(reading)
         try:
