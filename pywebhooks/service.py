@@ -47,7 +47,7 @@ from pywebhooks.settings import Settings
 from pywebhooks.sqlitedb import SQLiteDatabase, sqlite_path
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.sqlite import SQLiteStore
-from pywebhooks.web import GuardedSite
+from pywebhooks.web import GuardedSite, access_log_path
 
 #: The embedded ledger's file (in the working directory) when the store is
 #: RethinkDB and no Redis is configured.
@@ -248,11 +248,18 @@ class PyWebhooksService(MultiService):
         print_keys(self._out, api_key, secret_key)
 
     async def _start_listening(self) -> None:
+        access_log = access_log_path(self.settings.access_log)
+        if access_log is not None:
+            try:
+                open(access_log, "a").close()
+            except OSError as error:
+                raise StartupError("cannot open the access log %s: %s"
+                                   % (access_log, error.strerror or error)) from error
         endpoint = serverFromString(self._reactor, self.settings.listen)
         try:
             self.port = await endpoint.listen(GuardedSite(
                 self.api.resource(), self.settings.client_timeout, self.settings.max_body_size,
-                reactor=self._reactor,
+                reactor=self._reactor, access_log=self.settings.access_log,
             ))
         except CannotListenError as error:
             raise StartupError("cannot listen on %s: %s" % (self.settings.listen, error)) from error

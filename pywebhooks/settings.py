@@ -36,3 +36,6 @@ class Settings:
     allow_targets: tuple[str, ...] = ()
     #: Seconds a client may take to send its request before it is dropped.
     client_timeout: float = 30.0
+    #: Where each HTTP request is logged: ``-`` (the daemon's own log),
+    #: ``off`` (nowhere) or the path of a file of its own.
+    access_log: str = "-"

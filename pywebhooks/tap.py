@@ -155,6 +155,14 @@ def _redis(text: str) -> str | None:
     return text
 
 
+def _access_log(text: str) -> str:
+    """``-``, ``off`` or a file path (not checked here: the daemon opens it when it starts)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("must be '-', 'off' or a file path")
+    return text
+
+
 _COERCIONS: dict[str, Callable[[str], Any]] = {
     "listen": _listen,
     "database": _database,
@@ -173,6 +181,7 @@ _COERCIONS: dict[str, Callable[[str], Any]] = {
     "deny-targets": _targets,
     "allow-targets": _targets,
     "client-timeout": _positive_number,
+    "access-log": _access_log,
 }
 
 
@@ -225,6 +234,9 @@ class _CommandLine(usage.Options):
         ["allow-targets", None, "", "Comma-separated CIDR networks allowed even if a deny entry covers them."],
         ["client-timeout", None, "%g" % (_DEFAULTS.client_timeout,),
          "Seconds a client may take to send a request before the connection is dropped."],
+        ["access-log", None, _DEFAULTS.access_log,
+         "Where each HTTP request is logged: '-' (the daemon's log), 'off', or a file of its own "
+         "(combined log format, appended)."],
     ]
 
     def postOptions(self) -> None:

@@ -9,6 +9,11 @@
   still capped by the API (``api.http``).
 - Twisted's own limits stay in force: at most 500 headers and 16 KiB for
   the request line and headers together (a 400 beyond them).
+
+Each request gets one line of access log in the combined log format: in
+the daemon's own log (``-``, the default), in a file of its own (written
+straight to it, which costs a request much less than an event through the
+log observers), or nowhere (``off``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Site
+
+#: ``--access-log`` values that are not a file path.
+ACCESS_LOG_IN_DAEMON_LOG = "-"
+ACCESS_LOG_OFF = "off"
 
 #: The 413 body, the same message the API gives for an oversize body.
 TOO_LARGE_BODY = json.dumps({"Error": "Request body too large"}).encode()
@@ -81,14 +90,27 @@ class GuardedChannel(HTTPChannel):
             self._deadline_call = None
 
 
+def access_log_path(access_log: str) -> str | None:
+    """The file an ``--access-log`` value names, or None."""
+    return None if access_log in (ACCESS_LOG_IN_DAEMON_LOG, ACCESS_LOG_OFF) else access_log
+
+
 class GuardedSite(Site):
-    """A ``Site`` whose connections are ``GuardedChannel``s."""
+    """A ``Site`` whose connections are ``GuardedChannel``s, logging each
+    request where ``access_log`` says (see the module's docstring)."""
 
     def __init__(self, resource: IResource, client_timeout: float, max_body_size: int,
-                 reactor: Any = None) -> None:
-        super().__init__(resource, timeout=client_timeout, reactor=reactor)
+                 reactor: Any = None, access_log: str = ACCESS_LOG_IN_DAEMON_LOG) -> None:
+        super().__init__(resource, logPath=access_log_path(access_log), timeout=client_timeout,
+                         reactor=reactor)
         self._client_timeout = client_timeout
         self._max_body_size = max_body_size
+        self._access_log_off = access_log == ACCESS_LOG_OFF
+
+    def log(self, request: Any) -> None:
+        """One access log line for ``request`` (none with ``off``)."""
+        if not self._access_log_off:
+            super().log(request)
 
     def protocol(self) -> GuardedChannel:  # type: ignore[override]
         """A new connection's channel (the base classes attach it to this site)."""

@@ -21,7 +21,7 @@ ALL_OPTIONS = (
     "private-listings", "initdb", "config", "max-body-size", "apikey-reset-limit",
     "apikey-reset-window", "max-in-flight", "lease-seconds", "shutdown-grace",
     "max-registrations-per-account", "max-subscriptions-per-account",
-    "deny-targets", "allow-targets", "client-timeout",
+    "deny-targets", "allow-targets", "client-timeout", "access-log",
 )
 
 
@@ -58,7 +58,7 @@ def test_every_option_is_parsed_and_coerced() -> None:
         "--max-body-size", "2048", "--apikey-reset-limit", "5", "--apikey-reset-window", "60",
         "--max-in-flight", "9", "--lease-seconds", "30", "--shutdown-grace", "0",
         "--max-registrations-per-account", "11", "--max-subscriptions-per-account", "12",
-        "--initdb",
+        "--access-log", "/var/log/pywebhooks-access.log", "--initdb",
     ])
     assert options["initdb"] is True
     assert options.settings() == Settings(
@@ -67,6 +67,7 @@ def test_every_option_is_parsed_and_coerced() -> None:
         max_failed_count=7, private_listings=True, max_body_size=2048, apikey_reset_limit=5,
         apikey_reset_window=60.0, max_in_flight=9, lease_seconds=30.0, shutdown_grace=0.0,
         max_registrations_per_account=11, max_subscriptions_per_account=12,
+        access_log="/var/log/pywebhooks-access.log",
     )
 
 
@@ -97,6 +98,7 @@ def test_rethinkdb_url_and_empty_retry_delays_are_accepted() -> None:
     (["--redis", "redis://127.0.0.1:port/0"], "--redis has an invalid port"),
     (["--redis", "redis://127.0.0.1:6379/zero"], "--redis must end with a database number"),
     (["--lease-seconds", "5", "--request-timeout", "5"], "--lease-seconds (5) must be greater than --request-timeout (5)"),
+    (["--access-log", " "], "--access-log must be '-', 'off' or a file path"),
     (["--no-such-option"], "no-such-option not recognized"),
     (["surplus"], "Wrong number of arguments"),
 ])
