@@ -214,6 +214,15 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by the main thread of process
+    ``pid``: in a Twisted program, the reactor's."""
+    for thread in psutil.Process(pid).threads():
+        if thread.id == pid:
+            return thread.user_time + thread.system_time
+    raise RuntimeError("process %d has no main thread" % (pid,))
+
+
 class RssSampler:
     """Samples a process's RSS every ``interval`` seconds; keeps the peak."""
 

@@ -4,7 +4,8 @@ Request ``i`` is due at ``start + i / rate`` whatever happened before (no
 coordinated omission): its latency is counted from that due time to the end
 of its answer.  Requests alternate through ``--request METHOD PATH`` (give
 it several times for a mix); every request carries ``--header`` values.
-Prints one JSON line: achieved rate, p50/p90/p99/max in ms, statuses, and
+Prints one JSON line: achieved rate, p50/p90/p99/max in ms (of all
+requests, and in ``by_request`` of each ``--request``), statuses, and
 ``send_late_p99_ms``: how late this process itself started its requests
 (its own stalls, which the latencies include).
 
@@ -64,6 +65,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
     requests = [build(method, path, arguments.header, arguments.port) for method, path in arguments.request]
     idle: list[Connection] = []
     latencies: list[float] = []
+    by_request: list[list[float]] = [[] for _ in requests]
     late: list[float] = []  # how long after its due time each request started
     statuses: Counter[int] = Counter()
     errors = [0]
@@ -79,7 +81,9 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
                 reader, writer = await asyncio.open_connection("127.0.0.1", arguments.port)
                 connection = Connection(reader, writer)
             status = await connection.request(requests[index % len(requests)])
-            latencies.append(time.perf_counter() - due)
+            latency = time.perf_counter() - due
+            latencies.append(latency)
+            by_request[index % len(requests)].append(latency)
             statuses[status] += 1
             idle.append(connection)
         except (OSError, asyncio.IncompleteReadError, ValueError) as error:
@@ -101,9 +105,14 @@ async def run(arguments: argparse.Namespace) -> dict[str, object]:
             return None
         return round(1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
+    def figures(values: list[float]) -> dict[str, float | None]:
+        return {"p50_ms": pct(values, 0.5), "p90_ms": pct(values, 0.9), "p99_ms": pct(values, 0.99),
+                "max_ms": pct(values, 1.0)}
+
     return {"target_rate": arguments.rate, "requests": len(latencies), "errors": errors[0],
-            "achieved_rate": round(len(latencies) / elapsed, 1), "p50_ms": pct(latencies, 0.5),
-            "p90_ms": pct(latencies, 0.9), "p99_ms": pct(latencies, 0.99), "max_ms": pct(latencies, 1.0),
+            "achieved_rate": round(len(latencies) / elapsed, 1), **figures(latencies),
+            "by_request": [{"request": "%s %s" % (method, path), "requests": len(values), **figures(values)}
+                           for (method, path), values in zip(arguments.request, by_request)],
             "send_late_p99_ms": pct(late, 0.99), "statuses": dict(statuses), "error_kinds": dict(error_kinds)}
 
 
