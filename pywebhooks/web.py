@@ -12,7 +12,7 @@
 
 Each request gets one line of access log in the combined log format: in
 the daemon's own log (``-``, the default), in a file of its own (written
-straight to it, which costs a request much less than an event through the
+straight to it, which costs a request less CPU than an event through the
 log observers), or nowhere (``off``).
 """
 
