@@ -7,22 +7,23 @@ sends, alternately, ``POST /v1/webhook/triggered/<id>`` and
 ``GET /v1/webhook/triggered?start=0&limit=10``, both with ``username`` and
 ``api-key``:
 
-1. at ``--rate`` (500 req/s) for ``--seconds``: p50/p99 against the 20 ms target;
-2. at rising rates (``--steps``) for ``--step-seconds`` each: the max
-   sustained rate = the highest rate achieved (>= 95 %) with p99 <= 20 ms;
-3. ``wrk`` (closed loop, ``--wrk-connections``) on the list alone, for its maximum;
-4. the floor: the same load generator at ``--rate`` against ``bench/bare_web.py``,
+1. the floor: the same load generator at ``--rate`` against ``bench/bare_web.py``,
    a bare twisted.web resource answering a list-sized JSON body (no routing,
    authentication, database or deliveries);
-5. the floor at the daemon's cost: ``bare_web.py --cpu-ms`` spinning so that
-   each request costs what the main run cost the daemon's reactor thread,
-   at the same rate.  Its tail is what that much CPU per request alone
-   gives on this host; the daemon's p99 over it is the tail that is ours.
+2. at ``--rate`` (500 req/s) for ``--seconds``: p50/p99 against the 20 ms
+   target, triggers and lists also apart, and the daemon's CPU per request
+   (all threads, and its reactor thread alone);
+3. right after it, the floor at the daemon's cost: ``bare_web.py --cpu-ms``
+   spinning so that each request costs what that run cost the daemon's
+   reactor thread, at the same rate.  Its tail is what that much CPU per
+   request alone gives on this host; the daemon's p99 over it is the tail
+   that is ours.  ``--repeat N`` does 2 and 3 N times and prints the
+   median of that ratio (the host is noisy);
+4. at rising rates (``--steps``) for ``--step-seconds`` each: the max
+   sustained rate = the highest rate achieved (>= 95 %) with p99 <= 20 ms;
+5. ``wrk`` (closed loop, ``--wrk-connections``) on the list alone, for its maximum.
 
-The daemon's CPU per request (all threads, and its reactor thread alone) is
-printed for the main run, and the percentiles of triggers and lists apart.
-
-    .venv/bin/python bench/api_load.py [--rate 500 --seconds 10 --ledger sqlite --daemon-args '...']
+    .venv/bin/python bench/api_load.py [--rate 500 --seconds 10 --repeat 1 --ledger sqlite --daemon-args '...']
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ async def main(reactor: Any) -> None:
     parser.add_argument("--wrk-seconds", type=float, default=5)
     parser.add_argument("--ledger", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--profile", action="store_true", help="py-spy the daemon during the main run")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the main run, each followed by its floor at the daemon's cost")
     parser.add_argument("--daemon-args", default="",
                         help="more options for the daemon, e.g. '--access-log off'")
     arguments = parser.parse_args()
@@ -94,26 +97,21 @@ async def main(reactor: Any) -> None:
         api, daemon.admin, lambda i: receiver.url("/hook/%d" % (i,)), 1, arguments.subscribers)
     pid = daemon.process.pid  # type: ignore[union-attr]
 
-    progress("loadgen: %g req/s for %gs (trigger + list, authenticated)", arguments.rate, arguments.seconds)
-    profile = directory / "pyspy.txt"
-    spy = harness.start_pyspy(pid, profile, arguments.seconds) if arguments.profile else None
-    cpu_before = harness.cpu_seconds(pid)
-    reactor_cpu_before = harness.main_thread_cpu_seconds(pid)
-    main_run = loadgen(daemon.port, owner, registration_id, arguments.rate, arguments.seconds)
-    if spy is not None:
-        spy.wait()
-        for share, name in harness.top_self_time(profile):
-            progress("  profile %5.1f%% %s", 100 * share, name)
-    await harness.sleep(reactor, 2)  # let the deliveries of the main run finish before the steps
-    cpu_ms = 1000 * (harness.cpu_seconds(pid) - cpu_before) / max(1, main_run["requests"])
-    reactor_ms = 1000 * (harness.main_thread_cpu_seconds(pid) - reactor_cpu_before) / max(1, main_run["requests"])
-    progress("daemon CPU per request (its deliveries included): %.2f ms, of which its reactor thread %.2f ms",
-             cpu_ms, reactor_ms)
-    progress("at %g req/s: achieved %s, p50 %s ms, p99 %s ms, statuses %s", arguments.rate,
-             main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"], main_run["statuses"])
-    kinds = ", ".join("%s p50 %s ms, p99 %s ms" % (kind, figures["p50_ms"], figures["p99_ms"])
-                      for kind, figures in zip(("triggers", "lists"), main_run["by_request"]))
-    progress("  %s", kinds)
+    progress("floor: bare twisted.web at %g req/s for %gs", arguments.rate, arguments.seconds)
+    bare = floor(directory, owner, registration_id, arguments.rate, arguments.seconds)
+    rounds = []
+    for number in range(1, arguments.repeat + 1):
+        progress("loadgen: %g req/s for %gs (trigger + list, authenticated), round %d of %d",
+                 arguments.rate, arguments.seconds, number, arguments.repeat)
+        profiled = arguments.profile and number == 1
+        main_run = await measured_run(reactor, daemon, owner, registration_id, arguments, directory, profiled)
+        spin_ms = max(0.0, main_run["reactor_cpu_ms_per_request"] - bare["cpu_ms_per_request"])
+        progress("floor at the daemon's cost: bare twisted.web spinning %.2f ms more per request", spin_ms)
+        costly = floor(directory, owner, registration_id, arguments.rate, arguments.seconds, spin_ms)
+        excess = main_run["p99_ms"] / costly["p99_ms"] if main_run["p99_ms"] and costly["p99_ms"] else None
+        rounds.append({"main": main_run, "bare_web_at_daemon_cost": costly,
+                       "p99_over_floor_at_daemon_cost": round(excess, 2) if excess is not None else None})
+        progress("  daemon p99 %s ms, floor at its cost p99 %s ms", main_run["p99_ms"], costly["p99_ms"])
 
     steps = []
     best = 0.0
@@ -136,38 +134,77 @@ async def main(reactor: Any) -> None:
     await daemon.terminate(timeout=30)
     wrk.pop("output", None)
 
-    progress("floor: bare twisted.web at %g req/s for %gs", arguments.rate, arguments.seconds)
-    bare = floor(directory, owner, registration_id, arguments.rate, arguments.seconds)
-    spin_ms = max(0.0, reactor_ms - bare["cpu_ms_per_request"])
-    progress("floor at the daemon's cost: bare twisted.web spinning %.2f ms more per request", spin_ms)
-    costly = floor(directory, owner, registration_id, arguments.rate, arguments.seconds, spin_ms)
-    excess = main_run["p99_ms"] / costly["p99_ms"] if main_run["p99_ms"] and costly["p99_ms"] else None
-    harness.summary("api_load", [
-        "at %g req/s (50%% trigger, 50%% list, auth): achieved %s req/s, p50 %s ms, p99 %s ms "
-        "(target p99 <= %g ms), max %s ms, statuses %s; the load generator's own lateness p99 %s ms"
-        % (arguments.rate, main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"], TARGET_P99_MS,
-           main_run["max_ms"], main_run["statuses"], main_run["send_late_p99_ms"]),
+    lines = []
+    for number, one in enumerate(rounds, 1):
+        main_run, costly = one["main"], one["bare_web_at_daemon_cost"]
+        lines += [
+            "round %d at %g req/s (50%% trigger, 50%% list, auth): achieved %s req/s, p50 %s ms, p99 %s ms "
+            "(target p99 <= %g ms), max %s ms, statuses %s; the load generator's own lateness p99 %s ms"
+            % (number, arguments.rate, main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"],
+               TARGET_P99_MS, main_run["max_ms"], main_run["statuses"], main_run["send_late_p99_ms"]),
+            "  of which triggers: p50 %s ms, p99 %s ms; lists: p50 %s ms, p99 %s ms"
+            % (main_run["by_request"][0]["p50_ms"], main_run["by_request"][0]["p99_ms"],
+               main_run["by_request"][1]["p50_ms"], main_run["by_request"][1]["p99_ms"]),
+            "  daemon CPU per request: %.2f ms (its deliveries included), its reactor thread %.2f ms"
+            % (main_run["cpu_ms_per_request"], main_run["reactor_cpu_ms_per_request"]),
+            "  floor at the daemon's cost (bare twisted.web, %.2f ms CPU per request): p50 %s ms, p99 %s ms; "
+            "the daemon's p99 is %s that"
+            % (costly["cpu_ms_per_request"], costly["p50_ms"], costly["p99_ms"],
+               "%sx" % (one["p99_over_floor_at_daemon_cost"],)
+               if one["p99_over_floor_at_daemon_cost"] is not None else "n/a"),
+        ]
+    ratios = sorted(one["p99_over_floor_at_daemon_cost"] for one in rounds
+                    if one["p99_over_floor_at_daemon_cost"] is not None)
+    median = ratios[len(ratios) // 2] if ratios else None
+    if len(rounds) > 1:
+        lines.append("median over %d rounds of the daemon's p99 / the floor at its cost: %s"
+                     % (len(rounds), "%sx" % (median,) if median is not None else "n/a"))
+    lines += [
         "max sustained rate with p99 <= %g ms: %g req/s (steps: %s)"
         % (TARGET_P99_MS, best, ", ".join("%g->p99 %s" % (s["target_rate"], s["p99_ms"]) for s in steps)),
-        "  of which triggers: p50 %s ms, p99 %s ms; lists: p50 %s ms, p99 %s ms"
-        % (main_run["by_request"][0]["p50_ms"], main_run["by_request"][0]["p99_ms"],
-           main_run["by_request"][1]["p50_ms"], main_run["by_request"][1]["p99_ms"]),
-        "daemon CPU per request in that run: %.2f ms (its deliveries included), its reactor thread %.2f ms"
-        % (cpu_ms, reactor_ms),
         "wrk, list only, %d connections: %s req/s, p50 %s ms, p99 %s ms"
         % (arguments.wrk_connections, wrk.get("requests_per_s"), wrk.get("p50_ms"), wrk.get("p99_ms")),
         "floor, bare twisted.web at %g req/s: p50 %s ms, p99 %s ms, CPU per request %.2f ms"
         % (arguments.rate, bare["p50_ms"], bare["p99_ms"], bare["cpu_ms_per_request"]),
-        "floor at the daemon's cost (bare twisted.web, %.2f ms CPU per request): p50 %s ms, p99 %s ms; "
-        "the daemon's p99 is %s that"
-        % (costly["cpu_ms_per_request"], costly["p50_ms"], costly["p99_ms"],
-           "%.1fx" % (excess,) if excess is not None else "n/a"),
         "daemon RSS at the end: %.0f MB" % (rss,),
-    ], {"args": vars(arguments), "main": main_run, "cpu_ms_per_request": round(cpu_ms, 3),
-        "reactor_cpu_ms_per_request": round(reactor_ms, 3), "steps": steps, "max_sustained_rate": best,
-        "wrk_list": wrk, "bare_web": bare, "bare_web_at_daemon_cost": costly,
-        "p99_over_floor_at_daemon_cost": round(excess, 2) if excess is not None else None,
-        "rss_mb": round(rss, 1)})
+    ]
+    first = rounds[0]
+    harness.summary("api_load", lines, {
+        "args": vars(arguments), "main": first["main"],
+        "cpu_ms_per_request": first["main"]["cpu_ms_per_request"],
+        "reactor_cpu_ms_per_request": first["main"]["reactor_cpu_ms_per_request"],
+        "bare_web_at_daemon_cost": first["bare_web_at_daemon_cost"],
+        "p99_over_floor_at_daemon_cost": first["p99_over_floor_at_daemon_cost"],
+        "rounds": rounds, "median_p99_over_floor_at_daemon_cost": median,
+        "steps": steps, "max_sustained_rate": best, "wrk_list": wrk, "bare_web": bare, "rss_mb": round(rss, 1)})
+
+
+async def measured_run(reactor: Any, daemon: Any, owner: dict[str, Any], registration_id: str,
+                       arguments: argparse.Namespace, directory: Any, profiled: bool) -> dict[str, Any]:
+    """One load generator run against the daemon; its figures with the
+    daemon's CPU per request (all threads, and its reactor thread)."""
+    pid = daemon.process.pid
+    profile = directory / "pyspy.txt"
+    spy = harness.start_pyspy(pid, profile, arguments.seconds) if profiled else None
+    cpu_before = harness.cpu_seconds(pid)
+    reactor_cpu_before = harness.main_thread_cpu_seconds(pid)
+    main_run = loadgen(daemon.port, owner, registration_id, arguments.rate, arguments.seconds)
+    if spy is not None:
+        spy.wait()
+        for share, name in harness.top_self_time(profile):
+            progress("  profile %5.1f%% %s", 100 * share, name)
+    await harness.sleep(reactor, 2)  # let the deliveries of this run finish
+    requests = max(1, main_run["requests"])
+    main_run["cpu_ms_per_request"] = round(1000 * (harness.cpu_seconds(pid) - cpu_before) / requests, 3)
+    main_run["reactor_cpu_ms_per_request"] = round(
+        1000 * (harness.main_thread_cpu_seconds(pid) - reactor_cpu_before) / requests, 3)
+    progress("daemon CPU per request (its deliveries included): %.2f ms, of which its reactor thread %.2f ms",
+             main_run["cpu_ms_per_request"], main_run["reactor_cpu_ms_per_request"])
+    progress("at %g req/s: achieved %s, p50 %s ms, p99 %s ms, statuses %s", arguments.rate,
+             main_run["achieved_rate"], main_run["p50_ms"], main_run["p99_ms"], main_run["statuses"])
+    progress("  %s", ", ".join("%s p50 %s ms, p99 %s ms" % (kind, figures["p50_ms"], figures["p99_ms"])
+                               for kind, figures in zip(("triggers", "lists"), main_run["by_request"])))
+    return main_run
 
 
 if __name__ == "__main__":
