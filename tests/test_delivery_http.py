@@ -47,6 +47,7 @@ from tests.support.deliveries import (  # noqa: F401 (fixtures)
     logged_errors,
     receiver,
     sleep,
+    stopped_afterwards,
     within,
 )
 from tests.support.receiver import Receiver
@@ -170,10 +171,8 @@ async def storage(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteLedg
 @pytest_twisted.async_yield_fixture
 async def servers() -> AsyncIterator[list[IListeningPort]]:
     """Extra servers a test starts; stopped afterwards."""
-    ports: list[IListeningPort] = []
-    yield ports
-    for port in ports:
-        await port.stopListening()
+    async with stopped_afterwards(lambda port: port.stopListening()) as ports:
+        yield ports
 
 
 async def listen(servers: list[IListeningPort], factory: Any, tls: Any = None) -> str:

@@ -9,10 +9,11 @@ half on the real reactor, polling, and a guard against logged errors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import pytest
 import pytest_twisted
@@ -21,6 +22,8 @@ from twisted.application.service import Service
 from pywebhooks import keys, records
 from pywebhooks.errors import StoreUnavailable
 from tests.support.receiver import Receiver
+
+T = TypeVar("T")
 
 EVENT_DATA = {"message": "hello world", "items": [{"item1": 1}, {"item2": 2}], "é": "ü"}
 
@@ -219,13 +222,23 @@ async def within(waited: Awaitable[Any], seconds: float) -> Any:
     return await deferred.addTimeout(seconds, running_reactor())  # type: ignore[union-attr]
 
 
+@contextlib.asynccontextmanager
+async def stopped_afterwards(stop: Callable[[T], Awaitable[Any]]) -> AsyncIterator[list[T]]:
+    """A list for a test to append what it starts; ``stop`` is awaited for
+    each of them afterwards, whatever the test did."""
+    started: list[T] = []
+    try:
+        yield started
+    finally:
+        for thing in started:
+            await stop(thing)
+
+
 @pytest_twisted.async_yield_fixture
 async def daemons() -> AsyncIterator[list[DeliveryNode]]:
     """Delivery nodes a test starts (it appends them); stopped afterwards."""
-    started: list[DeliveryNode] = []
-    yield started
-    for daemon in started:
-        await daemon.stop()
+    async with stopped_afterwards(DeliveryNode.stop) as started:
+        yield started
 
 
 async def fired(daemon: DeliveryNode, world: World) -> dict[str, Any]:
