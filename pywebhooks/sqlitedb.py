@@ -71,10 +71,16 @@ def in_sequence(*statements: Callable[[sqlite3.Connection], Any]) -> Callable[[s
     return run_all
 
 
-def _busy(error: sqlite3.OperationalError) -> bool:
+def _busy(error: sqlite3.DatabaseError) -> bool:
     """True if ``error`` says another connection holds a lock we need."""
     text = str(error)
-    return "locked" in text or "busy" in text
+    return isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _outage(error: sqlite3.DatabaseError) -> bool:
+    """False for a constraint (the caller maps it) or a bug in a statement:
+    those are not the database failing."""
+    return not isinstance(error, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
 
 
 class SQLiteDatabase:
@@ -213,14 +219,12 @@ class SQLiteDatabase:
             return await self.run(function)
         try:
             return self._read_transaction(reader, function)
-        except sqlite3.OperationalError as error:
+        except sqlite3.DatabaseError as error:
+            if not _outage(error):
+                raise
             if not _busy(error):
                 raise self._unavailable(error) from error
             # Another process holds the file: wait for it on the database thread.
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise
-        except sqlite3.DatabaseError as error:
-            raise self._unavailable(error) from error
         return await self.run(function)
 
     @staticmethod
@@ -253,9 +257,7 @@ class SQLiteDatabase:
         try:
             return await result
         except sqlite3.DatabaseError as error:
-            # A constraint (the caller maps it) or a bug in a statement is not
-            # an outage.
-            if isinstance(error, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+            if not _outage(error):
                 raise
             raise self._unavailable(error) from error
 
