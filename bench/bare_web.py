@@ -6,19 +6,25 @@ file as the daemon's does.  No routing, no authentication, no database, no
 deliveries: what ``bench/api_load.py`` measures against it is what Twisted's
 HTTP server alone costs here.
 
-With ``--cpu-ms X`` each request first spins for X ms of this thread's CPU
-time: the same server made to cost what the daemon costs per request, so
-that the tail it shows is what that much CPU per request alone gives on
-this host.  Prints ``listening PORT`` once ready::
+With ``--work-ms X`` each request first does X ms of ordinary interpreter
+work (building small dicts and strings, as request handling does), counted
+in units whose cost is measured once at start: the same server made to
+cost what the daemon costs per request, so that the tail it shows is what
+that much work per request alone gives on this host.  It is work, not a
+spin on the thread's CPU clock, on purpose: this host has episodes in which
+the same Python code runs several times slower (``bench/host_noise.py``),
+and a spin on the CPU clock would finish on time through them while the
+daemon's code does not.  Prints ``listening PORT`` once ready::
 
-    .venv/bin/python bench/bare_web.py --port 0 --log /tmp/bare_web.log [--cpu-ms 1.2]
+    .venv/bin/python bench/bare_web.py --port 0 --log /tmp/bare_web.log [--work-ms 1.2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+
+from host_noise import UNITS_PER_MS_TRIAL, interpreter_work, units_per_ms
 
 from twisted.internet import endpoints, reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -30,20 +36,17 @@ PAGE = json.dumps({"triggered_webhooks": [
 
 
 class Page(resource.Resource):
-    """Every request: 200 and ``PAGE``, after ``cpu_seconds`` of busy work."""
+    """Every request: 200 and ``PAGE``, after ``work_units`` of interpreter work."""
 
     isLeaf = True
 
-    def __init__(self, cpu_seconds: float = 0.0) -> None:
+    def __init__(self, work_units: int = 0) -> None:
         super().__init__()
-        self.cpu_seconds = cpu_seconds
+        self.work_units = work_units
 
     def render_GET(self, request: server.Request) -> bytes:
         """The page, as JSON."""
-        if self.cpu_seconds > 0:
-            done = time.thread_time() + self.cpu_seconds
-            while time.thread_time() < done:
-                pass
+        interpreter_work(self.work_units)
         request.setHeader(b"content-type", b"application/json")
         return PAGE
 
@@ -55,15 +58,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--log", required=True, help="the access log file")
-    parser.add_argument("--cpu-ms", type=float, default=0.0, help="CPU milliseconds to spin per request")
+    parser.add_argument("--work-ms", type=float, default=0.0,
+                        help="milliseconds of interpreter work per request (at this host's average speed)")
     arguments = parser.parse_args()
+    units = round(arguments.work_ms * units_per_ms(UNITS_PER_MS_TRIAL)) if arguments.work_ms > 0 else 0
     globalLogBeginner.beginLoggingTo([textFileLogObserver(open(arguments.log, "a"))], redirectStandardIO=False)
     endpoint = endpoints.TCP4ServerEndpoint(reactor, arguments.port, interface="127.0.0.1")
 
     def listening(port: object) -> None:
         print("listening %d" % (port.getHost().port,), flush=True)  # type: ignore[attr-defined]
 
-    endpoint.listen(server.Site(Page(arguments.cpu_ms / 1000))).addCallback(listening)
+    endpoint.listen(server.Site(Page(units))).addCallback(listening)
     reactor.run()  # type: ignore[attr-defined]
 
 
