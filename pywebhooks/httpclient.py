@@ -95,6 +95,11 @@ class NoCookieJar(CookieJar):
         """Keep no cookie."""
 
 
+#: An empty jar to pass as a request's ``cookies``: treq otherwise builds a
+#: new (empty) jar for every request.  Nothing is ever added to it.
+NO_COOKIES = no_cookies()
+
+
 @implementer(IBodyProducer)
 class BytesProducer:
     """A request body already in memory, written in one piece."""

@@ -29,6 +29,7 @@ from twisted.web.error import SchemeNotSupported
 
 from pywebhooks.delivery.signing import signature_headers
 from pywebhooks.guarded_agent import TargetRefused
+from pywebhooks.httpclient import NO_COOKIES
 from pywebhooks.ledger.interface import PendingDelivery
 
 #: How much of a receiver's answer is read (and thrown away) before the
@@ -193,14 +194,15 @@ class HTTPDeliverer:
 
     async def _exchange(self, entry: PendingDelivery, headers: dict[str, str], statuses: list[int]) -> None:
         """Send the request, note the answer's status code, drain its body."""
+        # No ``timeout`` here: ``attempt``'s own timeout cancels the whole
+        # exchange.  The empty jar spares treq a new one per request.
         response = await self._client.post(
             parsed_url(entry.endpoint),
             data=entry.body.encode("utf-8"),
             headers=headers,
             allow_redirects=False,
             unbuffered=True,
-            reactor=self._clock,
-            timeout=self._timeout,
+            cookies=NO_COOKIES,
         )
         statuses.append(int(response.code))
         body = _DiscardBody(self._max_response_bytes)
