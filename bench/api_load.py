@@ -18,8 +18,8 @@ sends, alternately, ``POST /v1/webhook/triggered/<id>`` and
    cost the daemon's reactor thread, at the same rate.  Its tail is what
    that much work per request alone gives on this host (slow episodes of
    the host included, see ``bench/host_noise.py``); the daemon's p99 over
-   it is the tail that is ours.  ``--repeat N`` does 2 and 3 N times and prints the
-   median of that ratio (the host is noisy);
+   it is the tail that is ours.  ``--repeat N`` does 2 and 3 N times and
+   prints the median of that ratio (the host is noisy);
 4. at rising rates (``--steps``) for ``--step-seconds`` each: the max
    sustained rate = the highest rate achieved (>= 95 %) with p99 <= 20 ms;
 5. ``wrk`` (closed loop, ``--wrk-connections``) on the list alone, for its maximum.

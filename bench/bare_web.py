@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from host_noise import UNITS_PER_MS_TRIAL, interpreter_work, units_per_ms
-
 from twisted.internet import endpoints, reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web import resource, server
+
+from host_noise import UNITS_PER_MS_TRIAL, interpreter_work, units_per_ms
 
 PAGE = json.dumps({"triggered_webhooks": [
     {"id": "%036d" % (n,), "registration_id": "%036d" % (n,), "event": "bench.event",
