@@ -10,15 +10,21 @@ In one run, against the same ``bench/receiver.py`` process:
    deliveries / (last receiver ack - first trigger sent);
 4. two daemons sharing the Redis ledger and the SQLite store file, the
    firings split between them;
-5. the bare treq loop again (the reference is the better of its two runs).
+5. the bare treq loop again.  Each daemon run is compared with the better
+   of the two bare loops around it.
 
-    .venv/bin/python bench/throughput.py [--subscribers 50 --firings 200 --max-in-flight 100]
+``--repeat N`` does 3-5 N times (the bare loop of one round is the first of
+the next) and prints the median of each ratio: the host's speed moves by
+tens of percent within one run.
+
+    .venv/bin/python bench/throughput.py [--subscribers 50 --firings 200 --max-in-flight 100 --repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from typing import Any
 import harness
 from harness import progress
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+
 
 def wrk_post(url: str, connections: int, seconds: float, directory: Path) -> dict[str, Any]:
     """``wrk`` POSTing the delivery body."""
@@ -99,52 +106,81 @@ async def main(reactor: Any) -> None:
     parser.add_argument("--no-two-daemons", action="store_true")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--profile", action="store_true", help="py-spy the (first) daemon while it delivers")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of daemon runs, each between bare loops")
     arguments = parser.parse_args()
     directory = harness.workdir("throughput")
     receiver = harness.start_receiver()
     url = receiver.url("/bare")
     count = arguments.firings * arguments.subscribers
-    figures: dict[str, Any] = {"args": vars(arguments)}
 
-    progress("bare treq loop: %d POSTs, %d concurrent", count, arguments.max_in_flight)
-    bare = [await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight)]
-    progress("bare treq loop: %.0f/s", bare[0])
+    async def bare_loop() -> float:
+        progress("bare treq loop: %d POSTs, %d concurrent", count, arguments.max_in_flight)
+        receiver.reset()
+        rate = float(await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight))
+        progress("bare treq loop: %.0f/s", rate)
+        return rate
+
+    bare = [await bare_loop()]
     progress("wrk: %d connections, %gs", arguments.max_in_flight, arguments.wrk_seconds)
     wrk = wrk_post(url, arguments.max_in_flight, arguments.wrk_seconds, directory)
     progress("wrk: %.0f/s", wrk.get("requests_per_s", 0))
 
-    runs: dict[str, dict[str, Any]] = {}
     ledgers = [name.strip() for name in arguments.ledgers.split(",") if name.strip()]
     redis = harness.start_redis(directory) if "redis" in ledgers else None
-    for ledger in ledgers:
-        redis_url = None
-        if ledger == "redis":
-            assert redis is not None
-            redis_url = redis.url
-        runs[ledger] = await daemon_run(reactor, arguments, receiver, directory / ledger, ledger, 1, redis_url)
-        if ledger == "redis" and not arguments.no_two_daemons:
-            # (the one-daemon run left the Redis ledger empty: everything was delivered)
-            runs["redis_x2"] = await daemon_run(reactor, arguments, receiver, directory / "redis2",
-                                                "2 daemons, redis", 2, redis_url)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for number in range(1, arguments.repeat + 1):
+        runs: dict[str, dict[str, Any]] = {}
+        for ledger in ledgers:
+            redis_url = redis.url if ledger == "redis" and redis is not None else None
+            place = directory / ("round%d" % (number,))
+            runs[ledger] = await daemon_run(reactor, arguments, receiver, place / ledger, ledger, 1, redis_url)
+            if ledger == "redis" and not arguments.no_two_daemons:
+                # (the one-daemon run left the Redis ledger empty: everything was delivered)
+                runs["redis_x2"] = await daemon_run(reactor, arguments, receiver, place / "redis2",
+                                                    "2 daemons, redis", 2, redis_url)
+        bare.append(await bare_loop())
+        reference = max(bare[-2:])
+        for run in runs.values():
+            run["vs_bare"] = round(run["per_s"] / reference, 3)
+        if "redis" in runs and "redis_x2" in runs:
+            runs["redis_x2"]["vs_one_daemon"] = round(runs["redis_x2"]["per_s"] / runs["redis"]["per_s"], 3)
+        rounds.append(runs)
+    harness.summary("throughput", summary_lines(arguments, bare, wrk, rounds), {
+        "args": vars(arguments), "bare_treq_per_s": [round(b, 1) for b in bare],
+        "wrk_per_s": wrk.get("requests_per_s"), "runs": rounds[0], "rounds": rounds,
+        "median_vs_bare": {name: median([runs[name]["vs_bare"] for runs in rounds]) for name in rounds[0]},
+        "two_daemons_vs_one": median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
+                                      if "vs_one_daemon" in runs.get("redis_x2", {})]),
+    })
 
-    progress("bare treq loop again")
-    receiver.reset()
-    bare.append(await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight))
-    progress("bare treq loop: %.0f/s", bare[1])
-    reference = max(bare)
-    lines = ["bare treq loop: %s/s (reference = best: %.0f/s)" % (" and ".join("%.0f" % b for b in bare), reference),
+
+def median(values: list[float]) -> float | None:
+    """The median of ``values`` (the mean of the middle two of an even count), None if empty."""
+    return round(statistics.median(values), 3) if values else None
+
+
+def summary_lines(arguments: argparse.Namespace, bare: list[float], wrk: dict[str, Any],
+                  rounds: list[dict[str, dict[str, Any]]]) -> list[str]:
+    """The human summary: each round against the bare loops around it, then the medians."""
+    lines = ["bare treq loops: %s/s" % (", ".join("%.0f" % (rate,) for rate in bare),),
              "wrk (C, %d conns): %.0f/s" % (arguments.max_in_flight, wrk.get("requests_per_s", 0))]
-    for name, run in runs.items():
-        run["vs_bare"] = round(run["per_s"] / reference, 3)
-        lines.append("%-9s %6.0f deliveries/s  = %5.1f%% of bare treq (target 90%%)  peak RSS %.0f MB"
-                     % (name, run["per_s"], 100 * run["vs_bare"], run["rss_peak_mb"]))
-    if "redis" in runs and "redis_x2" in runs:
-        ratio = runs["redis_x2"]["per_s"] / runs["redis"]["per_s"]
-        figures["two_daemons_vs_one"] = round(ratio, 3)
-        lines.append("two daemons / one daemon (redis): %.2fx (target 1.7x)" % (ratio,))
-    figures.update({"bare_treq_per_s": [round(b, 1) for b in bare], "wrk_per_s": wrk.get("requests_per_s"),
-                    "runs": runs})
-    harness.summary("throughput", lines, figures)
+    for number, runs in enumerate(rounds, 1):
+        prefix = "round %d: " % (number,) if len(rounds) > 1 else ""
+        for name, run in runs.items():
+            lines.append("%s%-9s %6.0f deliveries/s  = %5.1f%% of bare treq (target 90%%)  peak RSS %.0f MB"
+                         % (prefix, name, run["per_s"], 100 * run["vs_bare"], run["rss_peak_mb"]))
+        if "vs_one_daemon" in runs.get("redis_x2", {}):
+            lines.append("%stwo daemons / one daemon (redis): %.2fx (target 1.7x)"
+                         % (prefix, runs["redis_x2"]["vs_one_daemon"]))
+    if len(rounds) > 1:
+        for name in rounds[0]:
+            lines.append("median over %d rounds, %s: %.1f%% of bare treq"
+                         % (len(rounds), name, 100 * (median([runs[name]["vs_bare"] for runs in rounds]) or 0)))
+        two = median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
+                      if "vs_one_daemon" in runs.get("redis_x2", {})])
+        if two is not None:
+            lines.append("median over %d rounds, two daemons / one daemon: %.2fx" % (len(rounds), two))
+    return lines
 
 
 if __name__ == "__main__":
