@@ -122,6 +122,54 @@ async def test_a_garbled_answer_is_a_failed_attempt(deliverer: HTTPDeliverer, sc
     assert outcome.error
 
 
+class _Recording(Protocol):
+    """Keeps the bytes of the request it is sent and answers 204."""
+
+    received: list[bytes]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+        if b"\r\n\r\n" in b"".join(self.received):
+            self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_carries_one_host_header_naming_the_endpoint(deliverer: HTTPDeliverer) -> None:
+    """The request a receiver gets has exactly one Host header: the endpoint's host and port."""
+    received: list[bytes] = []
+    factory = Factory.forProtocol(type("Recording", (_Recording,), {"received": received}))
+    port = await TCP4ServerEndpoint(reactor(), 0, interface="127.0.0.1").listen(factory)
+    try:
+        number = port.getHost().port
+        outcome = await deliverer.attempt(entry("http://127.0.0.1:%d/hook" % (number,)))
+    finally:
+        await port.stopListening()
+    assert (outcome.ok, outcome.status_code) == (True, 204)
+    head = b"".join(received).split(b"\r\n\r\n")[0].decode()
+    hosts = [line for line in head.split("\r\n")[1:] if line.lower().startswith("host:")]
+    assert hosts == ["Host: 127.0.0.1:%d" % (number,)]
+
+
+@pytest.mark.parametrize("endpoint", [
+    "http://127.0.0.1:8080/hook",
+    "http://127.0.0.1:80/hook",
+    "https://Receiver.Example/a",
+    "https://receiver.example:443/a",
+    "https://receiver.example:8443/a",
+    "http://bücher.example/ünïcode path/?q=ä",
+])
+def test_the_host_header_is_the_one_twisted_would_add(endpoint: str) -> None:
+    """``host_header`` follows the rule of Twisted's ``Agent`` (default ports
+    left out), on the URI treq sends."""
+    from twisted.web.client import URI, Agent
+
+    from pywebhooks.delivery.deliverer import host_header, parsed_url
+
+    uri = URI.fromBytes(parsed_url(endpoint).to_text().encode("ascii"))
+    expected = Agent(reactor())._computeHostValue(uri.scheme, uri.host, uri.port).decode("ascii")
+    assert host_header(endpoint) == expected
+
+
 @pytest.mark.parametrize("endpoint", [
     "http://127.0.0.1:8080/hook",
     "https://receiver.example/a%20b/c?x=1&y=%C3%A9",

@@ -19,7 +19,9 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError as Def
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.internet.abstract import isIPv6Address
 from twisted.web.client import (
+    URI,
     RequestGenerationFailed,
     RequestTransmissionFailed,
     ResponseFailed,
@@ -156,6 +158,24 @@ def parsed_url(endpoint: str) -> URIForm:
     return URIForm.from_text(EncodedURL.from_text(endpoint).to_uri().to_text())
 
 
+@functools.lru_cache(maxsize=4096)
+def host_header(endpoint: str) -> str:
+    """The ``Host`` header Twisted's ``Agent`` would add for ``endpoint``.
+
+    Sent with every delivery, so that the Agent finds one and does not copy
+    the request's headers (sanitising each again) to add it: about a tenth
+    of the header work of a delivery.  Same rule as ``Agent``: the port only
+    when it is not the scheme's default, an IPv6 address in brackets.
+    """
+    uri = URI.fromBytes(parsed_url(endpoint).to_text().encode("ascii"))
+    host = uri.host.decode("ascii")
+    if isIPv6Address(host):
+        host = "[%s]" % (host,)
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return "%s:%d" % (host, uri.port)
+
+
 class HTTPDeliverer:
     """Makes delivery attempts with a shared treq client."""
 
@@ -196,6 +216,7 @@ class HTTPDeliverer:
         """Send the request, note the answer's status code, drain its body."""
         # No ``timeout`` here: ``attempt``'s own timeout cancels the whole
         # exchange.  The empty jar spares treq a new one per request.
+        headers["Host"] = host_header(entry.endpoint)
         response = await self._client.post(
             parsed_url(entry.endpoint),
             data=entry.body.encode("utf-8"),
