@@ -15,11 +15,11 @@ from typing import Any
 
 from hyperlink import EncodedURL
 from twisted.internet import error as net_error
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.internet.abstract import isIPv6Address
 from twisted.web.client import (
     URI,
     RequestGenerationFailed,
@@ -163,9 +163,9 @@ def host_header(endpoint: str) -> str:
     """The ``Host`` header Twisted's ``Agent`` would add for ``endpoint``.
 
     Sent with every delivery, so that the Agent finds one and does not copy
-    the request's headers (sanitising each again) to add it: about a tenth
-    of the header work of a delivery.  Same rule as ``Agent``: the port only
-    when it is not the scheme's default, an IPv6 address in brackets.
+    the request's headers (sanitising each value again) to add it.  Same
+    rule as ``Agent``: the port only when it is not the scheme's default, an
+    IPv6 address in brackets.
     """
     uri = URI.fromBytes(parsed_url(endpoint).to_text().encode("ascii"))
     host = uri.host.decode("ascii")
@@ -214,9 +214,9 @@ class HTTPDeliverer:
 
     async def _exchange(self, entry: PendingDelivery, headers: dict[str, str], statuses: list[int]) -> None:
         """Send the request, note the answer's status code, drain its body."""
+        headers["Host"] = host_header(entry.endpoint)
         # No ``timeout`` here: ``attempt``'s own timeout cancels the whole
         # exchange.  The empty jar spares treq a new one per request.
-        headers["Host"] = host_header(entry.endpoint)
         response = await self._client.post(
             parsed_url(entry.endpoint),
             data=entry.body.encode("utf-8"),
