@@ -106,7 +106,7 @@ async def main(reactor: Any) -> None:
                  arguments.rate, arguments.seconds, number, arguments.repeat)
         profiled = arguments.profile and number == 1
         main_run = await measured_run(reactor, daemon, owner, registration_id, arguments, directory, profiled)
-        work_ms = max(0.0, main_run["reactor_cpu_ms_per_request"] - bare["cpu_ms_per_request"])
+        work_ms = round(max(0.0, main_run["reactor_cpu_ms_per_request"] - bare["cpu_ms_per_request"]), 3)
         progress("floor at the daemon's cost: bare twisted.web doing %.2f ms more work per request", work_ms)
         costly = floor(directory, owner, registration_id, arguments.rate, arguments.seconds, work_ms)
         excess = main_run["p99_ms"] / costly["p99_ms"] if main_run["p99_ms"] and costly["p99_ms"] else None
@@ -154,9 +154,8 @@ async def main(reactor: Any) -> None:
                "%sx" % (one["p99_over_floor_at_daemon_cost"],)
                if one["p99_over_floor_at_daemon_cost"] is not None else "n/a"),
         ]
-    ratios = sorted(one["p99_over_floor_at_daemon_cost"] for one in rounds
-                    if one["p99_over_floor_at_daemon_cost"] is not None)
-    median = ratios[len(ratios) // 2] if ratios else None
+    median = harness.median(one["p99_over_floor_at_daemon_cost"] for one in rounds
+                            if one["p99_over_floor_at_daemon_cost"] is not None)
     if len(rounds) > 1:
         lines.append("median over %d rounds of the daemon's p99 / the floor at its cost: %s"
                      % (len(rounds), "%sx" % (median,) if median is not None else "n/a"))

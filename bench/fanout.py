@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 from typing import Any
 
@@ -70,7 +69,7 @@ async def main(reactor: Any) -> None:
             % (one["trigger_seconds"], one["rss_before_mb"], one["rss_peak_mb"],
                one["rss_peak_mb"] - one["rss_before_mb"], one["daemon_cpu_ms_per_delivery"], one["core_share"] * 100),
         ]
-    medians = {key: round(statistics.median(one[key] for one in rounds), 3)
+    medians = {key: harness.median(one[key] for one in rounds)
                for key in ("vs_ideal", "bare_treq_vs_ideal", "vs_bare_treq")}
     if len(rounds) > 1:
         lines.append("median over %d rounds: %.3fx ideal (target <= 1.3x); bare treq loop %.3fx;"

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,13 @@ async def wait_for_posts(reactor: Any, receivers: list[ReceiverProcess], expecte
             progress("%s: %d/%d", label, posts, expected)
             last_report = time.monotonic()
         await sleep(reactor, 0.05)
+
+
+def median(values: Iterable[float]) -> float | None:
+    """The median of ``values`` (the mean of the middle two of an even count),
+    rounded to 3 places; None if there are none.  The summary of ``--repeat`` rounds."""
+    values = list(values)
+    return round(statistics.median(values), 3) if values else None
 
 
 def percentile(values: list[float], fraction: float) -> float:

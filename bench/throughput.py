@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -148,15 +147,10 @@ async def main(reactor: Any) -> None:
     harness.summary("throughput", summary_lines(arguments, bare, wrk, rounds), {
         "args": vars(arguments), "bare_treq_per_s": [round(b, 1) for b in bare],
         "wrk_per_s": wrk.get("requests_per_s"), "runs": rounds[0], "rounds": rounds,
-        "median_vs_bare": {name: median([runs[name]["vs_bare"] for runs in rounds]) for name in rounds[0]},
-        "two_daemons_vs_one": median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
+        "median_vs_bare": {name: harness.median([runs[name]["vs_bare"] for runs in rounds]) for name in rounds[0]},
+        "two_daemons_vs_one": harness.median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
                                       if "vs_one_daemon" in runs.get("redis_x2", {})]),
     })
-
-
-def median(values: list[float]) -> float | None:
-    """The median of ``values`` (the mean of the middle two of an even count), None if empty."""
-    return round(statistics.median(values), 3) if values else None
 
 
 def summary_lines(arguments: argparse.Namespace, bare: list[float], wrk: dict[str, Any],
@@ -175,8 +169,8 @@ def summary_lines(arguments: argparse.Namespace, bare: list[float], wrk: dict[st
     if len(rounds) > 1:
         for name in rounds[0]:
             lines.append("median over %d rounds, %s: %.1f%% of bare treq"
-                         % (len(rounds), name, 100 * (median([runs[name]["vs_bare"] for runs in rounds]) or 0)))
-        two = median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
+                         % (len(rounds), name, 100 * (harness.median([runs[name]["vs_bare"] for runs in rounds]) or 0)))
+        two = harness.median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
                       if "vs_one_daemon" in runs.get("redis_x2", {})])
         if two is not None:
             lines.append("median over %d rounds, two daemons / one daemon: %.2fx" % (len(rounds), two))
