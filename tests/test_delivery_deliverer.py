@@ -159,15 +159,15 @@ async def test_a_delivery_carries_one_host_header_naming_the_endpoint(deliverer:
     "http://bücher.example/ünïcode path/?q=ä",
 ])
 def test_the_host_header_is_the_one_twisted_would_add(endpoint: str) -> None:
-    """``host_header`` follows the rule of Twisted's ``Agent`` (default ports
-    left out), on the URI treq sends."""
+    """``URIForm.host_header`` follows the rule of Twisted's ``Agent``
+    (default ports left out), on the URI treq sends."""
     from twisted.web.client import URI, Agent
 
-    from pywebhooks.delivery.deliverer import host_header, parsed_url
+    from pywebhooks.delivery.deliverer import parsed_url
 
     uri = URI.fromBytes(parsed_url(endpoint).to_text().encode("ascii"))
     expected = Agent(reactor())._computeHostValue(uri.scheme, uri.host, uri.port).decode("ascii")
-    assert host_header(endpoint) == expected
+    assert parsed_url(endpoint).host_header() == expected
 
 
 @pytest.mark.parametrize("endpoint", [

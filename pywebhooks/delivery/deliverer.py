@@ -151,29 +151,29 @@ class URIForm(EncodedURL):
             text = self.__dict__["_uri_text"] = super().to_text()
         return str(text)
 
+    def host_header(self) -> str:
+        """The ``Host`` header Twisted's ``Agent`` would add, computed once.
+
+        Sent with every delivery, so that the Agent finds one and does not
+        copy the request's headers (sanitising each value again) to add it.
+        Same rule as ``Agent``: the port only when it is not the scheme's
+        default, an IPv6 address in brackets.
+        """
+        value = self.__dict__.get("_host_header")
+        if value is None:
+            uri = URI.fromBytes(self.to_text().encode("ascii"))
+            host = uri.host.decode("ascii")
+            if isIPv6Address(host):
+                host = "[%s]" % (host,)
+            default_port = (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443))
+            value = self.__dict__["_host_header"] = host if default_port else "%s:%d" % (host, uri.port)
+        return str(value)
+
 
 @functools.lru_cache(maxsize=4096)
 def parsed_url(endpoint: str) -> URIForm:
     """``endpoint`` as treq would send it, converted once per endpoint."""
     return URIForm.from_text(EncodedURL.from_text(endpoint).to_uri().to_text())
-
-
-@functools.lru_cache(maxsize=4096)
-def host_header(endpoint: str) -> str:
-    """The ``Host`` header Twisted's ``Agent`` would add for ``endpoint``.
-
-    Sent with every delivery, so that the Agent finds one and does not copy
-    the request's headers (sanitising each value again) to add it.  Same
-    rule as ``Agent``: the port only when it is not the scheme's default, an
-    IPv6 address in brackets.
-    """
-    uri = URI.fromBytes(parsed_url(endpoint).to_text().encode("ascii"))
-    host = uri.host.decode("ascii")
-    if isIPv6Address(host):
-        host = "[%s]" % (host,)
-    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
-        return host
-    return "%s:%d" % (host, uri.port)
 
 
 class HTTPDeliverer:
@@ -214,11 +214,12 @@ class HTTPDeliverer:
 
     async def _exchange(self, entry: PendingDelivery, headers: dict[str, str], statuses: list[int]) -> None:
         """Send the request, note the answer's status code, drain its body."""
-        headers["Host"] = host_header(entry.endpoint)
+        url = parsed_url(entry.endpoint)
+        headers["Host"] = url.host_header()
         # No ``timeout`` here: ``attempt``'s own timeout cancels the whole
         # exchange.  The empty jar spares treq a new one per request.
         response = await self._client.post(
-            parsed_url(entry.endpoint),
+            url,
             data=entry.body.encode("utf-8"),
             headers=headers,
             allow_redirects=False,
