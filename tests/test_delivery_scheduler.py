@@ -532,3 +532,28 @@ async def test_a_firing_while_stopped_waits_in_the_ledger() -> None:
     unit.scheduler.startService()
     assert len(unit.receiver.seen) == 1
     await unit.stop()
+
+
+def answer_held(unit: Unit, status: int = 200) -> None:
+    """Answer every request the stub receiver is holding."""
+    held, unit.receiver.held = unit.receiver.held, []
+    for request in held:
+        request.setResponseCode(status)
+        request.finish()
+    unit.stub.flush()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_ledger_is_watched_again_when_full_slots_free() -> None:
+    """A poll that finds every slot busy sets no timer; once the slots free,
+    the scheduler looks at the ledger again, so an entry that another daemon
+    added meanwhile (or whose lease lapsed) goes out within a poll interval."""
+    unit = await Unit(max_in_flight=2).start(subscribers=2)
+    unit.receiver.hanging.add("/account/endpoint")
+    await unit.fire()
+    unit.clock.advance(1.5)  # the poll comes and goes while both slots are busy
+    await unit.ledger.add([pending("http://receiver.example/other", unit.clock.seconds())])
+    answer_held(unit)
+    unit.clock.advance(1.0)
+    assert unit.receiver.times("/other") == [1.5]
+    await unit.stop()

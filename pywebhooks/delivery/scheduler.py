@@ -81,7 +81,8 @@ class DeliveryScheduler(Service):
         self._requests: dict[str, Deferred[AttemptOutcome]] = {}
         self._pumping = False
         self._pump_again = False
-        #: True when the last claim may have left due entries behind
+        #: True when due entries may be waiting in the ledger unseen: the last
+        #: claim was full, or a look was skipped because every slot was busy
         self._backlog = False
         self._idle_waiters: list[Deferred[None]] = []
         self._background: set[Deferred[None]] = set()
@@ -291,10 +292,11 @@ class DeliveryScheduler(Service):
     async def _arm(self) -> None:
         """Set the one timer to the next due time, or the poll interval.
 
-        With every slot busy there is no timer: each finishing attempt
-        claims again.
+        With every slot busy there is no timer: the next slot to free claims
+        again (and that round sets the timer).
         """
         if self._free_slots() <= 0:
+            self._backlog = True
             return
         next_due = await self._ledger.next_due()
         if not self.running:
