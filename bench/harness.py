@@ -215,6 +215,19 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, every core summed."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
+
+
+def machine_busy_share(before: tuple[float, float]) -> float:
+    """How busy the machine's cores were since ``machine_cpu_seconds()`` gave ``before`` (0-1)."""
+    busy, total = machine_cpu_seconds()
+    return (busy - before[0]) / max(1e-9, total - before[1])
+
+
 def main_thread_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by the main thread of process
     ``pid``: in a Twisted program, the reactor's."""
@@ -278,9 +291,11 @@ async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -
 
     started = time.monotonic()
     cpu_started = time.process_time()
+    machine_before = machine_cpu_seconds()
     await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)], consumeErrors=True)
     elapsed = time.monotonic() - started
-    progress("bare treq loop: %.3f ms CPU per POST", 1000 * (time.process_time() - cpu_started) / count)
+    progress("bare treq loop: %.3f ms CPU per POST; the machine's cores %.0f %% busy",
+             1000 * (time.process_time() - cpu_started) / count, 100 * machine_busy_share(machine_before))
     await pool.closeCachedConnections()
     return count / elapsed
 

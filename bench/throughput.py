@@ -9,7 +9,9 @@ In one run, against the same ``bench/receiver.py`` process:
    subscriptions on one registration, fired ``--firings`` times; the rate is
    deliveries / (last receiver ack - first trigger sent);
 4. two daemons sharing the Redis ledger and the SQLite store file, the
-   firings split between them;
+   firings split between them.  Each run also gives the daemon's CPU per
+   delivery: all its threads, and its reactor thread alone (the database
+   thread's share is the difference);
 5. the bare treq loop again.  Each daemon run is compared with the better
    of the two bare loops around it.
 
@@ -65,6 +67,8 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
              arguments.subscribers, expected)
     first_trigger = time.time()
     cpu_before = [harness.cpu_seconds(daemon.process.pid) for daemon in started]  # type: ignore[union-attr]
+    reactor_cpu_before = harness.main_thread_cpu_seconds(first.process.pid)  # type: ignore[union-attr]
+    machine_before = harness.machine_cpu_seconds()
     sampler = harness.RssSampler(reactor, first.process.pid)  # type: ignore[union-attr]
     profile = directory / ("pyspy-%d.txt" % (daemons,))
     spy = harness.start_pyspy(first.process.pid, profile, 6) if arguments.profile else None  # type: ignore[union-attr]
@@ -77,19 +81,25 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
     posts, last = await harness.wait_for_posts(reactor, [receiver], expected, arguments.timeout, label)
     peak = sampler.stop()
     cpu = sum(harness.cpu_seconds(daemon.process.pid) for daemon in started) - sum(cpu_before)  # type: ignore[union-attr]
+    reactor_cpu = harness.main_thread_cpu_seconds(first.process.pid) - reactor_cpu_before  # type: ignore[union-attr]
+    machine_busy = harness.machine_busy_share(machine_before)
+    # the first daemon's reactor thread, per delivery it made (the posts split evenly)
+    reactor_ms = 1000 * reactor_cpu / max(1, posts / daemons)
     if spy is not None:
         spy.wait()
         for share, name in harness.top_self_time(profile):
             progress("  profile %5.1f%% %s", 100 * share, name)
     elapsed = last - first_trigger
     rate = posts / elapsed if elapsed > 0 else 0.0
-    progress("%s: %d deliveries in %.2fs = %.0f/s (triggers took %.2fs); daemon CPU %.3f ms per delivery",
-             label, posts, elapsed, rate, triggers_done, 1000 * cpu / max(1, posts))
+    progress("%s: %d deliveries in %.2fs = %.0f/s (triggers took %.2fs); daemon CPU %.3f ms per delivery,"
+             " of which its reactor thread %.3f ms; the machine's cores %.0f %% busy", label, posts, elapsed,
+             rate, triggers_done, 1000 * cpu / max(1, posts), reactor_ms, 100 * machine_busy)
     for daemon in started:
         await daemon.terminate(timeout=30)
     return {"deliveries": posts, "expected": expected, "seconds": round(elapsed, 3),
             "per_s": round(rate, 1), "rss_peak_mb": round(peak, 1),
-            "daemon_cpu_ms_per_delivery": round(1000 * cpu / max(1, posts), 3)}
+            "daemon_cpu_ms_per_delivery": round(1000 * cpu / max(1, posts), 3),
+            "reactor_cpu_ms_per_delivery": round(reactor_ms, 3), "machine_busy": round(machine_busy, 3)}
 
 
 async def main(reactor: Any) -> None:
