@@ -4,7 +4,8 @@ Success is any 2xx within the request timeout.  A non-2xx answer (a
 redirect included: it is never followed), a timeout, a refused connection, a
 DNS or TLS failure all make a failed attempt; the deliverer never raises for
 them, it describes them in an ``AttemptOutcome``.  Only a cancellation from
-outside (the scheduler shutting down) propagates, as ``CancelledError``.
+outside (the scheduler shutting down) propagates, as ``CancelledError``, and
+only before the answer's status arrived: after it, the status stands.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class HTTPDeliverer:
 
     async def attempt(self, entry: PendingDelivery) -> AttemptOutcome:
         """POST ``entry`` to its endpoint once; the outcome, never an exception
-        (except ``CancelledError`` when the caller cancels)."""
+        (except ``CancelledError`` when the caller cancels before the answer)."""
         started = self._clock.seconds()
         headers = signature_headers(entry.secret_key, entry.id, int(started), entry.body, entry.event)
         statuses: list[int] = []
@@ -197,12 +198,13 @@ class HTTPDeliverer:
         try:
             await exchange
         except Exception as failure:
-            if self._cancelled_from_outside(started, failure):
-                raise CancelledError() from failure
             if not statuses:
+                if self._cancelled_from_outside(started, failure):
+                    raise CancelledError() from failure
                 error = describe_error(failure, self._timeout)
                 return AttemptOutcome(False, None, error, self._clock.seconds() - started, started)
-            # the answer came in time; only draining its body did not
+            # The answer came; only draining its body did not finish (in
+            # time, or before a shutdown cancelled it): the status stands.
         status = statuses[0]
         return AttemptOutcome(200 <= status < 300, status, None, self._clock.seconds() - started, started)
 

@@ -16,10 +16,12 @@ recorded at a time (past that, no new attempt starts).  Up to another
 ``max_in_flight`` leased entries wait in memory for a slot (the surplus of
 a fan-out, or of a claim), so that a slot that frees starts the next
 attempt at once instead of after a trip to the ledger; one whose lease has
-become too short for a whole attempt is released instead.  Entries are held
-only when the lease is long against an attempt (``--lease-seconds`` at
-least three times ``--request-timeout`` plus the retry interval, as with
-the defaults), so that holding never turns into claiming and releasing.  A crash anywhere
+become too short for a whole attempt is released instead, and one whose
+lease has lapsed is left alone (another daemon may have claimed it).
+Entries are held only when the lease is long against an attempt
+(``--lease-seconds`` at least three times ``--request-timeout`` plus the
+retry interval, as with the defaults), so that holding never turns into
+claiming and releasing.  A crash anywhere
 leaves the entry in the ledger, leased at worst, so it is attempted again:
 at least once, always with the same delivery id.
 """
@@ -107,7 +109,9 @@ class DeliveryScheduler(Service):
         """Wait for attempts (``shutdown_grace``), then cancel what is left and
         release its leases (within one more grace period at most)."""
         grace = self._settings.shutdown_grace
-        waiting = [entry.id for entry, _ in self._ready]
+        now = self._clock.seconds()
+        # A lease that has lapsed may be another daemon's now: not ours to release.
+        waiting = [entry.id for entry, leased_until in self._ready if leased_until > now]
         self._ready.clear()
         self._in_background(self._release(waiting))
         if not await self._wait_idle(grace):
@@ -184,7 +188,14 @@ class DeliveryScheduler(Service):
         """Attempt entries the caller has just added *already leased* to it
         (``ledger.add(entries, leased_until=...)``): as many as there are free
         slots start at once; with ``leased_until``, more wait here for a slot
-        (see ``_hold``); the others are released to be claimed in turn."""
+        (see ``_hold``); the others are released to be claimed in turn.
+
+        When recording them took so long that their lease has lapsed, they
+        are left alone: another daemon may have claimed them meanwhile."""
+        if leased_until is not None and leased_until <= self._clock.seconds():
+            self._backlog = True
+            self.wake()
+            return
         free = self._free_slots() if self.running else 0
         for entry in entries[:free]:
             self._start(entry)
@@ -215,18 +226,26 @@ class DeliveryScheduler(Service):
 
     def _start_ready(self) -> None:
         """Start waiting entries while there are free slots; release those
-        whose lease no longer covers a whole attempt."""
+        whose lease no longer covers a whole attempt, and forget those whose
+        lease has lapsed (another daemon may hold them now)."""
         expired: list[str] = []
+        lapsed = False
         margin = self._attempt_margin()
         while self._ready and self._free_slots() > 0:
             entry, leased_until = self._ready.popleft()
-            if leased_until - self._clock.seconds() < margin:
+            left = leased_until - self._clock.seconds()
+            if left <= 0:
+                lapsed = True
+            elif left < margin:
                 expired.append(entry.id)
             else:
                 self._start(entry)
         if expired:
             self._backlog = True
             self._in_background(self._release_then_wake(expired))
+        elif lapsed:
+            self._backlog = True
+            self.wake()
 
     async def _release_then_wake(self, delivery_ids: list[str]) -> None:
         await self._release(delivery_ids)
