@@ -23,7 +23,7 @@ from pywebhooks.delivery.deliverer import HTTPDeliverer
 from pywebhooks.delivery.recording import SeparateWrites
 from pywebhooks.delivery.scheduler import DeliveryScheduler
 from tests.support.deliveries import logged_errors  # noqa: F401
-from tests.test_delivery_scheduler import Unit, pending
+from tests.test_delivery_scheduler import Unit, answer_held, pending
 
 pytestmark = pytest.mark.usefixtures("logged_errors")
 
@@ -158,3 +158,31 @@ async def test_an_answer_whose_body_a_shutdown_cuts_is_still_recorded() -> None:
     assert delivery["state"] == "delivered"
     assert [attempt["ok"] for attempt in delivery["attempts"]] == [True]
     assert await unit.ledger.count() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ledger_update_is_given_up_when_the_lease_lapses() -> None:
+    """An entry that waited for the slot (claimed at t=1, attempted at t=6)
+    fails at t=8 while the ledger is down, until after its lease lapses
+    (t=61), when another daemon claims it at once.  The daemon that attempted
+    it must have given up rescheduling it by then: a late reschedule would
+    drop the other daemon's lease, and the entry would go out again under it."""
+    unit = Unit(max_in_flight=1, lease_seconds=LEASE, request_timeout=5.0, retry_delays=(1.0, 1.0, 1.0))
+    unit.receiver.hanging.update({"/first", "/second"})
+    await unit.ledger.add([pending(FIRST, 0.0), pending(SECOND, 0.5)])
+    unit.clock.advance(1.0)
+    await unit.start(subscribers=0)
+    advance(unit, 5)  # the first times out (rescheduled); the second goes out
+    assert unit.receiver.times("/second") == [6.0]
+    unit.clock.advance(2.0)
+    unit.ledger.available = False
+    answer_held(unit, 500)  # t=8: the second fails; its reschedule waits for the ledger
+    advance(unit, 53)
+    unit.clock.advance(0.5)  # t=61.5: its lease has lapsed
+    unit.ledger.available = True
+    taken_over = await unit.ledger.claim(unit.clock.seconds(), 10, LEASE)
+    assert sorted(entry.endpoint for entry in taken_over) == [FIRST, SECOND]
+    advance(unit, 5)
+    assert unit.receiver.times("/second") == [6.0]
+    assert await unit.ledger.claim(unit.clock.seconds(), 10, LEASE) == []
+    await stop_all(unit, unit.scheduler)

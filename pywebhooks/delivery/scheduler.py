@@ -197,8 +197,11 @@ class DeliveryScheduler(Service):
             self.wake()
             return
         free = self._free_slots() if self.running else 0
+        lease_end = leased_until
+        if lease_end is None:
+            lease_end = self._clock.seconds() + self._settings.lease_seconds
         for entry in entries[:free]:
-            self._start(entry)
+            self._start(entry, lease_end)
         rest = entries[free:]
         if rest and self.running and leased_until is not None:
             rest = self._hold(rest, leased_until)
@@ -239,7 +242,7 @@ class DeliveryScheduler(Service):
             elif left < margin:
                 expired.append(entry.id)
             else:
-                self._start(entry)
+                self._start(entry, leased_until)
         if expired:
             self._backlog = True
             self._in_background(self._release_then_wake(expired))
@@ -295,11 +298,12 @@ class DeliveryScheduler(Service):
             if not self.running:
                 await self._release(entry.id for entry in entries)
                 return
+            leased_until = now + self._settings.lease_seconds
             # ``submit`` may have taken slots while the claim was on its way.
             startable = max(0, self._free_slots())
             for entry in entries[:startable]:
-                self._start(entry)
-            rest = self._hold(entries[startable:], now + self._settings.lease_seconds)
+                self._start(entry, leased_until)
+            rest = self._hold(entries[startable:], leased_until)
             if rest:
                 self._backlog = True
                 await self._release(entry.id for entry in rest)
@@ -346,13 +350,14 @@ class DeliveryScheduler(Service):
 
     # -- attempts ---------------------------------------------------------
 
-    def _start(self, entry: PendingDelivery) -> None:
+    def _start(self, entry: PendingDelivery, leased_until: float) -> None:
+        """Attempt ``entry``, leased to this daemon until ``leased_until``."""
         if entry.id in self._in_flight or entry.id in self._settling:
             return
         self._in_flight.add(entry.id)
-        Deferred.fromCoroutine(self._deliver(entry))
+        Deferred.fromCoroutine(self._deliver(entry, leased_until))
 
-    async def _deliver(self, entry: PendingDelivery) -> None:
+    async def _deliver(self, entry: PendingDelivery, leased_until: float) -> None:
         """Make one attempt and record it; never raises."""
         answered = False
         try:
@@ -367,7 +372,7 @@ class DeliveryScheduler(Service):
             answered = True
             self._settling.add(entry.id)
             self._slot_freed()
-            await self._settle(entry, outcome)
+            await self._settle(entry, outcome, leased_until)
         except CancelledError:
             pass  # shutting down: the entry is released by _drain
         except Exception:
@@ -387,8 +392,9 @@ class DeliveryScheduler(Service):
         if self._backlog:
             self.wake()
 
-    async def _settle(self, entry: PendingDelivery, outcome: AttemptOutcome) -> None:
-        """Record the outcome, then finish or reschedule the ledger entry."""
+    async def _settle(self, entry: PendingDelivery, outcome: AttemptOutcome, leased_until: float) -> None:
+        """Record the outcome, then finish or reschedule the ledger entry
+        (while its lease, until ``leased_until``, holds)."""
         self.attempts_made += 1
         number = entry.attempt + 1
         delays = self._settings.retry_delays
@@ -409,16 +415,18 @@ class DeliveryScheduler(Service):
             self.log.warn("could not record attempt {attempt} of delivery {delivery_id}: {error}",
                           attempt=number, delivery_id=entry.id, error=str(error))
         if retry is None:
-            await self._update_ledger(entry, outcome, lambda: self._ledger.finish(entry.id))
-        elif await self._update_ledger(entry, outcome, lambda: self._ledger.reschedule(retry)):
+            await self._update_ledger(entry, leased_until, lambda: self._ledger.finish(entry.id))
+        elif await self._update_ledger(entry, leased_until, lambda: self._ledger.reschedule(retry)):
             self._set_timer(retry.due)
 
-    async def _update_ledger(self, entry: PendingDelivery, outcome: AttemptOutcome,
+    async def _update_ledger(self, entry: PendingDelivery, leased_until: float,
                              update: Callable[[], Awaitable[None]]) -> bool:
         """Run ``update``, retrying while the ledger is unavailable and the
-        lease still holds; True once it is done.  When it cannot be done the
-        lease lapses and the attempt is made again: at least once."""
-        deadline = outcome.at + self._settings.lease_seconds - self._retry_interval
+        lease (until ``leased_until``) still holds; True once it is done.
+        When it cannot be done the lease lapses and the attempt is made
+        again, at least once; a late update would touch an entry that
+        another daemon may have claimed by then."""
+        deadline = leased_until - self._retry_interval
         while True:
             try:
                 await update()
