@@ -54,6 +54,12 @@ RETRY_INTERVAL = 1.0
 #: never make a busy loop.
 MIN_DELAY = 0.01
 
+#: Seconds before the end of a lease from which this daemon leaves the entry
+#: alone (neither releases nor updates it): room for the clocks of daemons
+#: sharing a ledger to disagree a little, and for the trip to the ledger.
+#: (A quarter of the lease when that is shorter.)
+LEASE_SAFETY = 1.0
+
 
 class DeliveryScheduler(Service):
     """Attempts pending deliveries when they are due, with capped concurrency."""
@@ -109,9 +115,8 @@ class DeliveryScheduler(Service):
         """Wait for attempts (``shutdown_grace``), then cancel what is left and
         release its leases (within one more grace period at most)."""
         grace = self._settings.shutdown_grace
-        now = self._clock.seconds()
         # A lease that has lapsed may be another daemon's now: not ours to release.
-        waiting = [entry.id for entry, leased_until in self._ready if leased_until > now]
+        waiting = [entry.id for entry, leased_until in self._ready if self._still_ours(leased_until)]
         self._ready.clear()
         self._in_background(self._release(waiting))
         if not await self._wait_idle(grace):
@@ -192,7 +197,7 @@ class DeliveryScheduler(Service):
 
         When recording them took so long that their lease has lapsed, they
         are left alone: another daemon may have claimed them meanwhile."""
-        if leased_until is not None and leased_until <= self._clock.seconds():
+        if leased_until is not None and not self._still_ours(leased_until):
             self._backlog = True
             self.wake()
             return
@@ -222,6 +227,13 @@ class DeliveryScheduler(Service):
             return 0
         return max(0, self._settings.max_in_flight - len(self._ready))
 
+    def _still_ours(self, leased_until: float) -> bool:
+        """True while a lease ending at ``leased_until`` is safely this daemon's."""
+        return leased_until - self._clock.seconds() > self._lease_safety()
+
+    def _lease_safety(self) -> float:
+        return min(LEASE_SAFETY, self._settings.lease_seconds / 4)
+
     def _attempt_margin(self) -> float:
         """The lease an entry needs left to be attempted: a whole attempt,
         plus the time to settle it."""
@@ -236,10 +248,9 @@ class DeliveryScheduler(Service):
         margin = self._attempt_margin()
         while self._ready and self._free_slots() > 0:
             entry, leased_until = self._ready.popleft()
-            left = leased_until - self._clock.seconds()
-            if left <= 0:
+            if not self._still_ours(leased_until):
                 lapsed = True
-            elif left < margin:
+            elif leased_until - self._clock.seconds() < margin:
                 expired.append(entry.id)
             else:
                 self._start(entry, leased_until)
@@ -426,7 +437,7 @@ class DeliveryScheduler(Service):
         When it cannot be done the lease lapses and the attempt is made
         again, at least once; a late update would touch an entry that
         another daemon may have claimed by then."""
-        deadline = leased_until - self._retry_interval
+        deadline = leased_until - self._lease_safety()
         while True:
             try:
                 await update()
