@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
@@ -11,6 +12,7 @@ import pytest_twisted
 from twisted.internet.task import deferLater
 
 from pywebhooks.errors import StoreUnavailable
+from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.ledger.redis import RedisAddress, RedisLedger
 from tests.support.ledgers import RedisLedgerFactory, redis_ledgers, running_reactor
 from tests.support.processes import free_port
@@ -118,3 +120,40 @@ async def test_key_prefixes_and_databases_are_separate(tmp_path: Path) -> None:
         for ledger in opened:
             await ledger.close()
         server.stop()
+
+
+async def taken_over(ledgers: RedisLedgerFactory) -> tuple[RedisLedger, RedisLedger, PendingDelivery]:
+    """Two daemons' ledgers: the first claims an entry at T and its lease
+    lapses; the second takes the entry over just after; the entry."""
+    first = await ledgers.open_ledger()
+    second = await ledgers.open_ledger()
+    added = entry(T)
+    await first.add([added])
+    assert ids(await first.claim(T, 1, LEASE)) == [added.id]
+    assert ids(await second.claim(T + LEASE + 1, 1, LEASE)) == [added.id]
+    return first, second, added
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_release_leaves_the_new_holders_lease(ledgers: RedisLedgerFactory) -> None:
+    """A release from a daemon whose lease lapsed, after another daemon took
+    the entry over, does nothing: no third daemon can claim it meanwhile."""
+    first, second, added = await taken_over(ledgers)
+    await first.release([added.id])
+    third = await ledgers.open_ledger()
+    assert await third.claim(T + LEASE + 2, 1, LEASE) == []
+    await second.release([added.id])  # the holder itself can
+    assert ids(await third.claim(T + LEASE + 2, 1, LEASE)) == [added.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_reschedule_leaves_the_new_holders_lease(ledgers: RedisLedgerFactory) -> None:
+    """A reschedule from a daemon whose lease lapsed does nothing once
+    another daemon holds the entry; the holder's own reschedule is stored."""
+    first, second, added = await taken_over(ledgers)
+    await first.reschedule(dataclasses.replace(added, attempt=1, due=T + LEASE + 2))
+    third = await ledgers.open_ledger()
+    assert await third.claim(T + LEASE + 2, 1, LEASE) == []
+    await second.reschedule(dataclasses.replace(added, attempt=2, due=T + LEASE + 2))
+    [rescheduled] = await third.claim(T + LEASE + 2, 1, LEASE)
+    assert (rescheduled.id, rescheduled.attempt) == (added.id, 2)

@@ -73,14 +73,17 @@ class ILedger(Interface):
         them as ``PendingDelivery`` objects."""
 
     def reschedule(entry):
-        """Store ``entry`` (its new ``attempt`` and ``due``) and drop its lease."""
+        """Store ``entry`` (its new ``attempt`` and ``due``) and drop its lease.
+        A ledger that daemons share does nothing when another one has taken
+        the entry over since."""
 
     def finish(delivery_id):
         """Remove the entry for good (delivered, or given up)."""
 
     def release(delivery_ids):
         """Drop the leases of these entries so they are due again at once
-        (used when shutting down with attempts not yet made)."""
+        (used when shutting down with attempts not yet made).  A ledger that
+        daemons share leaves alone the leases another one has taken since."""
 
     def next_due():
         """The earliest time at which something becomes claimable (a due time

@@ -1,17 +1,21 @@
 """``RedisLedger``: pending deliveries in Redis (``--redis``), shareable by daemons.
 
-Three keys under a prefix:
+Four keys under a prefix:
 
 - ``<prefix>pending``: sorted set, delivery id -> due time;
 - ``<prefix>leased``: sorted set, delivery id -> lease expiry (claimed entries);
-- ``<prefix>payloads``: hash, delivery id -> the ``PendingDelivery`` as JSON.
+- ``<prefix>payloads``: hash, delivery id -> the ``PendingDelivery`` as JSON;
+- ``<prefix>holders``: hash, leased delivery id -> the ledger (daemon) holding
+  the lease, a random id per ``RedisLedger``.
 
 Every change is one Lua script, so it is atomic however many daemons share
 the keys (``finish`` and ``reschedule`` are group-committed, many entries
 per script call, when attempts end together): a claim moves the earliest entries whose due time or lease expiry
 has passed from either set into ``leased`` in one step, which is how two
 daemons never get the same entry and how a killed daemon's leased entries
-are taken over once their lease expires.  Durability is Redis's own: run it
+are taken over once their lease expires.  A release or a reschedule only
+acts on entries whose lease is still the caller's: one that comes late,
+after another daemon took the entry over, leaves that daemon's lease alone.  Durability is Redis's own: run it
 with ``appendonly yes``.
 
 txredisapi always uses the global reactor; it keeps reconnecting on its own
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
+import uuid
 from typing import Any, Iterable
 
 import txredisapi
@@ -36,22 +41,24 @@ from pywebhooks.errors import StoreUnavailable
 from pywebhooks.ledger.interface import ILedger, PendingDelivery
 
 _ADD = """
-local lease = ARGV[1]
-for i = 2, #ARGV, 3 do
+local lease, holder = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 3 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
   if lease == '' then
     redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[4], ARGV[i])
     redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
   else
     redis.call('ZREM', KEYS[1], ARGV[i])
     redis.call('ZADD', KEYS[2], lease, ARGV[i])
+    redis.call('HSET', KEYS[4], ARGV[i], holder)
   end
 end
-return (#ARGV - 1) / 3
+return (#ARGV - 2) / 3
 """
 
 _CLAIM = """
-local now, limit, expiry = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local now, limit, expiry, holder = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 local picked = {}
@@ -71,20 +78,24 @@ for _, id in ipairs(picked) do
   local payload = redis.call('HGET', KEYS[3], id)
   if payload then
     redis.call('ZADD', KEYS[2], expiry, id)
+    redis.call('HSET', KEYS[4], id, holder)
     payloads[#payloads + 1] = payload
   else
     redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[4], id)
   end
 end
 return payloads
 """
 
 _RESCHEDULE = """
-local stored = 0
-for i = 1, #ARGV, 3 do
-  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 then
+local holder, stored = ARGV[1], 0
+for i = 2, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[4], ARGV[i])
+  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 and (not current or current == holder) then
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[4], ARGV[i])
     redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
     stored = stored + 1
   end
@@ -97,14 +108,17 @@ for i = 1, #ARGV do
   redis.call('HDEL', KEYS[3], ARGV[i])
   redis.call('ZREM', KEYS[1], ARGV[i])
   redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[4], ARGV[i])
 end
 return #ARGV
 """
 
 _RELEASE = """
-local released = 0
-for i = 1, #ARGV do
-  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+local holder, released = ARGV[1], 0
+for i = 2, #ARGV do
+  local current = redis.call('HGET', KEYS[4], ARGV[i])
+  if (not current or current == holder) and redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+    redis.call('HDEL', KEYS[4], ARGV[i])
     local payload = redis.call('HGET', KEYS[3], ARGV[i])
     if payload then
       redis.call('ZADD', KEYS[1], cjson.decode(payload)['due'], ARGV[i])
@@ -179,7 +193,10 @@ class RedisLedger:
     def __init__(self, url: str, key_prefix: str = "pywebhooks:", *,
                  clock: IReactorTime | None = None, timeout: float = 5.0) -> None:
         self.address = RedisAddress.parse(url)
-        self._keys = [key_prefix + "pending", key_prefix + "leased", key_prefix + "payloads"]
+        self._keys = [key_prefix + "pending", key_prefix + "leased", key_prefix + "payloads",
+                      key_prefix + "holders"]
+        #: who holds the leases this ledger takes, as opposed to other daemons'
+        self.holder = uuid.uuid4().hex
         self._clock = clock
         self._timeout = timeout
         self._redis: Any = None
@@ -231,26 +248,27 @@ class RedisLedger:
     async def add(self, entries: Iterable[PendingDelivery], leased_until: float | None = None) -> None:
         """Add (or replace) entries atomically; already leased until
         ``leased_until`` if given (the caller attempts them itself)."""
-        args: list[Any] = ["" if leased_until is None else _score(leased_until)]
+        args: list[Any] = ["" if leased_until is None else _score(leased_until), self.holder]
         for entry in entries:
             args.extend((entry.id, _score(entry.due), entry.to_json()))
-        if len(args) > 1:
+        if len(args) > 2:
             await self._run(_ADD, args)
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[PendingDelivery]:
         """Lease up to ``limit`` entries due (or whose lease lapsed) at ``now``."""
         if limit <= 0:
             return []
-        payloads = await self._run(_CLAIM, [_score(now), limit, _score(now + lease_seconds)])
+        payloads = await self._run(_CLAIM, [_score(now), limit, _score(now + lease_seconds), self.holder])
         return [PendingDelivery.from_json(payload) for payload in payloads or []]
 
     async def reschedule(self, entry: PendingDelivery) -> None:
         """Store the entry's new attempt and due time and drop its lease
-        (group-committed with other reschedules)."""
+        (group-committed with other reschedules); nothing if another ledger
+        holds the lease now."""
         await self._reschedules.submit(entry)
 
     async def _reschedule_all(self, entries: list[PendingDelivery]) -> None:
-        args: list[Any] = []
+        args: list[Any] = [self.holder]
         for entry in entries:
             args.extend((entry.id, _score(entry.due), entry.to_json()))
         await self._run(_RESCHEDULE, args)
@@ -263,10 +281,11 @@ class RedisLedger:
         await self._run(_FINISH, ids)
 
     async def release(self, delivery_ids: Iterable[str]) -> None:
-        """Drop the leases of these entries: due again at once."""
+        """Drop the leases of these entries (those this ledger still holds):
+        due again at once."""
         ids = list(delivery_ids)
         if ids:
-            await self._run(_RELEASE, ids)
+            await self._run(_RELEASE, [self.holder, *ids])
 
     async def next_due(self) -> float | None:
         """The earliest due time or lease expiry, None when empty."""
