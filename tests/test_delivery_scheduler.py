@@ -371,10 +371,8 @@ async def test_stop_lets_quick_attempts_finish() -> None:
     firing = await unit.fire()
     stopped = unit.scheduler.stopService()
     unit.clock.advance(1)
-    [request] = unit.receiver.held
-    request.setResponseCode(204)
-    request.finish()
-    unit.stub.flush()
+    assert len(unit.receiver.held) == 1
+    answer_held(unit, 204)
     assert stopped.called
     await stopped
     [delivery] = await unit.store.get_deliveries(firing["id"])

@@ -78,6 +78,8 @@ class DeliveryScheduler(Service):
         self._settings = settings
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
+        #: how long before its end a lease stops being safely ours (see LEASE_SAFETY)
+        self._lease_safety = min(LEASE_SAFETY, settings.lease_seconds / 4)
         self._timer: IDelayedCall | None = None
         #: ids of the deliveries whose HTTP attempt is running
         self._in_flight: set[str] = set()
@@ -189,26 +191,23 @@ class DeliveryScheduler(Service):
             return
         Deferred.fromCoroutine(self._pump())
 
-    def submit(self, entries: list[PendingDelivery], leased_until: float | None = None) -> None:
+    def submit(self, entries: list[PendingDelivery], leased_until: float) -> None:
         """Attempt entries the caller has just added *already leased* to it
-        (``ledger.add(entries, leased_until=...)``): as many as there are free
-        slots start at once; with ``leased_until``, more wait here for a slot
+        until ``leased_until`` (``ledger.add(entries, leased_until=...)``): as
+        many as there are free slots start at once, more wait here for a slot
         (see ``_hold``); the others are released to be claimed in turn.
 
         When recording them took so long that their lease has lapsed, they
         are left alone: another daemon may have claimed them meanwhile."""
-        if leased_until is not None and not self._still_ours(leased_until):
+        if not self._still_ours(leased_until):
             self._backlog = True
             self.wake()
             return
         free = self._free_slots() if self.running else 0
-        lease_end = leased_until
-        if lease_end is None:
-            lease_end = self._clock.seconds() + self._settings.lease_seconds
         for entry in entries[:free]:
-            self._start(entry, lease_end)
+            self._start(entry, leased_until)
         rest = entries[free:]
-        if rest and self.running and leased_until is not None:
+        if rest and self.running:
             rest = self._hold(rest, leased_until)
         if rest:
             self._backlog = True
@@ -229,10 +228,7 @@ class DeliveryScheduler(Service):
 
     def _still_ours(self, leased_until: float) -> bool:
         """True while a lease ending at ``leased_until`` is safely this daemon's."""
-        return leased_until - self._clock.seconds() > self._lease_safety()
-
-    def _lease_safety(self) -> float:
-        return min(LEASE_SAFETY, self._settings.lease_seconds / 4)
+        return leased_until - self._clock.seconds() > self._lease_safety
 
     def _attempt_margin(self) -> float:
         """The lease an entry needs left to be attempted: a whole attempt,
@@ -248,9 +244,10 @@ class DeliveryScheduler(Service):
         margin = self._attempt_margin()
         while self._ready and self._free_slots() > 0:
             entry, leased_until = self._ready.popleft()
-            if not self._still_ours(leased_until):
+            left = leased_until - self._clock.seconds()
+            if left <= self._lease_safety:
                 lapsed = True
-            elif leased_until - self._clock.seconds() < margin:
+            elif left < margin:
                 expired.append(entry.id)
             else:
                 self._start(entry, leased_until)
@@ -437,7 +434,7 @@ class DeliveryScheduler(Service):
         When it cannot be done the lease lapses and the attempt is made
         again, at least once; a late update would touch an entry that
         another daemon may have claimed by then."""
-        deadline = leased_until - self._lease_safety()
+        deadline = leased_until - self._lease_safety
         while True:
             try:
                 await update()

@@ -15,8 +15,8 @@ has passed from either set into ``leased`` in one step, which is how two
 daemons never get the same entry and how a killed daemon's leased entries
 are taken over once their lease expires.  A release or a reschedule only
 acts on entries whose lease is still the caller's: one that comes late,
-after another daemon took the entry over, leaves that daemon's lease alone.  Durability is Redis's own: run it
-with ``appendonly yes``.
+after another daemon took the entry over, leaves that daemon's lease
+alone.  Durability is Redis's own: run it with ``appendonly yes``.
 
 txredisapi always uses the global reactor; it keeps reconnecting on its own
 (with a short back-off) after Redis goes away.  While no connection is up
