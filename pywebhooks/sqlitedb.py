@@ -4,10 +4,8 @@ The store and the embedded ledger both run their statements through a
 ``SQLiteDatabase``: every call is a plain function that receives the
 ``sqlite3.Connection`` and runs on the database's own thread, one at a time,
 inside a transaction that commits when the function returns and rolls back
-when it raises.  Small hot-path writes (the store's attempt records, the
-ledger's ``finish``/``reschedule``) go through ``run_grouped`` instead: the
-calls made while a transaction runs share the next one (a group commit), so
-a burst of N writes costs a few thread crossings and commits, not N.
+when it raises.  The hot-path writers group their calls themselves
+(``batching.GroupCommit``) and hand a whole batch over as one function.
 
 Reads (``read``) do not cross threads: they run at once on the caller's
 thread, on a second, read-only connection.  The store reads this way only
@@ -33,7 +31,6 @@ from typing import Any, Awaitable, Callable, TypeVar
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
-from pywebhooks.batching import GroupCommit
 from pywebhooks.checkpoint import Checkpointer
 from pywebhooks.dbthread import WorkerThread
 from pywebhooks.errors import StoreUnavailable
@@ -96,8 +93,6 @@ class SQLiteDatabase:
         self._connection: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._users = 0
-        self._grouped: GroupCommit[Callable[[sqlite3.Connection], Any], Any] = GroupCommit(
-            self._run_all)
 
     async def open(self) -> None:
         """Start the thread and open the connection (shared: counted per user).
@@ -235,22 +230,6 @@ class SQLiteDatabase:
         finally:
             if reader.in_transaction:
                 reader.execute("ROLLBACK")
-
-    async def run_grouped(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``function(connection)`` in a transaction shared with the other
-        grouped calls queued meanwhile; its own result.
-
-        If any function of a group raises, the whole transaction rolls back
-        and every call of the group fails with that error: keep grouped
-        functions to writes that fail only when the database does.
-        """
-        return await self._grouped.submit(function)
-
-    async def _run_all(self, functions: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-        def run_all(connection: sqlite3.Connection) -> list[Any]:
-            return [function(connection) for function in functions]
-
-        return await self.run(run_all)
 
     async def _unavailable_on_error(self, result: Awaitable[T]) -> T:
         """Await ``result``, turning SQLite failures into ``StoreUnavailable``."""

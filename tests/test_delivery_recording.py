@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import ensureDeferred, gatherResults
 from zope.interface.verify import verifyObject
 
 from pywebhooks import records
@@ -185,3 +186,32 @@ async def test_fire_plans_from_the_live_subscribers_and_records_it_all(tmp_path:
         assert [d["id"] for d in await store.get_deliveries(firing["id"])] == [e.id for e in entries[:3]]
         assert await ledger.count() == 3
         assert await ledger.claim(LEASED_UNTIL - 1, 10, 30) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_outcomes_settled_together_share_a_transaction_of_a_few_statements(tmp_path: Path) -> None:
+    """In one file, outcomes that settle while a write runs go out in the
+    next transaction, as a fixed handful of statements however many there
+    are; a delivery named twice in a batch keeps both attempts in order,
+    and its entry is finished if either outcome finished it."""
+    async with sqlite_pair(tmp_path, shared=True) as (store, ledger):
+        world = await world_of(store, subscribers=60)
+        recorder = recorder_for(store, ledger)
+        firing, deliveries, entries = planned(world, 60)
+        await recorder.record(firing, deliveries, entries, LEASED_UNTIL)
+        statements: list[str] = []
+        await store.database.trace(statements.append)
+        writes = []
+        for entry in entries:
+            retry = PendingDelivery(**{**vars(entry), "attempt": 1, "due": 7.0})
+            writes.append(recorder.record_outcome(entry, attempt_record(1, False), False, retry))
+            writes.append(recorder.record_outcome(entry, attempt_record(2, False), True, None))
+        await gatherResults([ensureDeferred(write) for write in writes])
+        await store.database.trace(None)
+        assert len(statements) <= 20, statements
+        for delivery in await store.get_deliveries(firing["id"]):
+            assert delivery["state"] == "failed"
+            assert delivery["attempts"] == [attempt_record(1, False), attempt_record(2, False)]
+        for subscriber in world.subscribers:
+            assert (await store.get_account(subscriber["id"]))["failed_count"] == 2
+        assert await ledger.count() == 0

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred, gatherResults
 
+from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.sqlitedb import SQLiteDatabase
 from tests.support.ledgers import running_reactor
@@ -63,25 +64,53 @@ async def test_shares_the_file_with_the_store(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_attempt_records_and_finishes_share_transactions(tmp_path: Path) -> None:
-    """Attempt records and ledger finishes settled together take a handful of transactions."""
+async def test_attempt_records_are_group_committed_and_counted_in_call_order(tmp_path: Path) -> None:
+    """Hundreds of attempt records settled together take a couple of
+    transactions, and each caller gets the count its attempt left, as if
+    they had been written one by one."""
     database = CountingDatabase(running_reactor(), str(tmp_path / "pywebhooks.sqlite3"))
     async with store_and_ledger(database) as (store, ledger):
         account = {"id": "a1", "username": "john", "endpoint": "http://127.0.0.1/", "api_key": "h",
                    "secret_key": "s", "is_admin": False, "failed_count": 0, "epoch": T}
         await store.insert_account(account)
         added = [entry(T) for _ in range(200)]
-        await ledger.add(added)
         before = database.transactions
         attempt = {"attempt": 0, "at": T, "ok": False, "status_code": 500, "error": None,
                    "duration": 0.1}
         writes = [ensureDeferred(store.record_attempt(item.id, "a1", attempt, False))
                   for item in added]
-        writes += [ensureDeferred(ledger.finish(item.id)) for item in added]
         results = await gatherResults(writes)
-        assert database.transactions - before <= 3
-        assert sorted(results[:200]) == list(range(1, 201))
-        assert await ledger.count() == 0
+        assert database.transactions - before <= 2
+        assert results == list(range(1, 201))
+        assert (await store.get_account("a1"))["failed_count"] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_leaves_each_entry_as_calls_one_by_one_would(tmp_path: Path) -> None:
+    """Within one batch, a finish wins over any reschedule of the same entry
+    (before or after it), and the last of two reschedules wins."""
+    ledger = SQLiteLedger(SQLiteDatabase(running_reactor(), str(tmp_path / "ledger.sqlite3")))
+    await ledger.open()
+    try:
+        first, twice, finished_later, occupying = added = [entry(T) for _ in range(4)]
+        await ledger.add(added)
+        claimed = {item.id: item for item in await ledger.claim(T, 4, LEASE)}
+
+        def moved(item: PendingDelivery, due: float) -> PendingDelivery:
+            return PendingDelivery(**{**vars(claimed[item.id]), "attempt": 1, "due": due})
+
+        writes = [
+            ledger.finish(occupying.id),  # goes out alone: the rest queue behind it
+            ledger.reschedule(moved(first, T + 10)), ledger.finish(first.id),
+            ledger.reschedule(moved(twice, T + 20)), ledger.reschedule(moved(twice, T + 30)),
+            ledger.finish(finished_later.id), ledger.reschedule(moved(finished_later, T + 40)),
+        ]
+        await gatherResults([ensureDeferred(write) for write in writes])
+        assert await ledger.count() == 1
+        assert await ledger.next_due() == T + 30
+        assert await ledger.claim(T + 100, 10, LEASE) == [moved(twice, T + 30)]
+    finally:
+        await ledger.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -14,25 +14,36 @@ Two ways, one interface:
 - ``OneTransaction`` (the embedded default: the SQLite store and the SQLite
   ledger in one file): both in one transaction, so they commit together or
   not at all, with one trip to the database thread instead of three (the
-  subscribers are read in the same transaction).  An
-  attempt's log entry and its ledger update also share one (group-committed)
-  transaction.
+  subscribers are read in the same transaction).  The attempts that end
+  while a write is running are logged, and their ledger entries updated,
+  together in the next transaction (group commit).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from pywebhooks.batching import GroupCommit
 from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.ledger.sqlite import SQLiteLedger
 from pywebhooks.records import Record
 from pywebhooks.sqlitedb import in_sequence
+from pywebhooks.store.attempt_log import AttemptWrite, logging_attempts
 from pywebhooks.store.sqlite import SQLiteStore
+
+
+class Outcome(NamedTuple):
+    """One attempt's outcome to write down (``record_outcome``'s arguments)."""
+
+    entry: PendingDelivery
+    attempt: dict[str, Any]
+    final: bool
+    retry: PendingDelivery | None
 
 
 #: Turns the live subscribers of a registration into (delivery records, ledger entries).
@@ -118,6 +129,7 @@ class OneTransaction:
             raise ValueError("OneTransaction needs the store and the ledger on one SQLiteDatabase")
         self._store = store
         self._ledger = ledger
+        self._outcomes: GroupCommit[Outcome, None] = GroupCommit(self._write_outcomes)
 
     async def fire(self, firing: Record, registration_id: str, plan: Plan,
                    leased_until: float) -> list[PendingDelivery]:
@@ -146,12 +158,16 @@ class OneTransaction:
     async def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
                              retry: PendingDelivery | None) -> bool:
         """See ``IFiringRecorder.record_outcome``: the store and the ledger
-        together, in a group-committed transaction."""
-        update = self._ledger.finishing(entry.id) if retry is None else self._ledger.rescheduling(retry)
-        log_then_update = in_sequence(
-            self._store.recording_attempt(entry.id, entry.account_id, attempt, final), update)
-        await self._store.transaction(log_then_update, "delivery", grouped=True)
+        together, in one transaction with the outcomes settled meanwhile."""
+        await self._outcomes.submit(Outcome(entry, attempt, final, retry))
         return True
+
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
+        log = logging_attempts([
+            AttemptWrite(outcome.entry.id, outcome.entry.account_id, outcome.attempt, outcome.final)
+            for outcome in outcomes])
+        update = self._ledger.updating([(outcome.entry.id, outcome.retry) for outcome in outcomes])
+        await self._store.transaction(in_sequence(log, update), "delivery")
 
 
 def recorder_for(store: Any, ledger: Any) -> IFiringRecorder:

@@ -9,20 +9,30 @@ those entries are due again at once; a partial index of the leased rows
 alone lets it find them without reading the whole backlog.
 
 The hot-path writes (``finish`` and ``reschedule``, one per attempt) are
-group-committed (``SQLiteDatabase.run_grouped``): calls made while a
-transaction is running are queued and written together in the next one,
-with the store's attempt records when both share the database.
+group-committed: calls made while a transaction is running are queued and
+written together in the next one (``updating``; with the store's attempt
+records when both share the database, ``delivery.recording``).  Every
+write, whatever its number of entries, is a fixed handful of statements
+that take the entries as one JSON array (``json_each``): each statement
+step on the database thread has to take the GIL back from the busy
+reactor, so row-by-row writes spent their time waiting for it
+(``bench/RESULTS.md``, ninth pass).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from zope.interface import implementer
 
+from pywebhooks.batching import GroupCommit
 from pywebhooks.ledger.interface import ILedger, PendingDelivery
 from pywebhooks.sqlitedb import SQLiteDatabase
+
+#: A queued ledger write: the entry's id, and its rescheduled entry (None: finish it).
+LedgerUpdate = tuple[str, PendingDelivery | None]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS pending_deliveries (
@@ -46,6 +56,50 @@ def _create(connection: sqlite3.Connection) -> None:
     connection.execute("UPDATE pending_deliveries SET leased = 0, available_at = due WHERE leased = 1")
 
 
+_ADD = (
+    "INSERT OR REPLACE INTO pending_deliveries (id, due, available_at, leased, payload)"
+    " SELECT json_extract(entry.value, '$.id'), json_extract(entry.value, '$.due'),"
+    " coalesce(?, json_extract(entry.value, '$.due')), ?, entry.value FROM json_each(?) AS entry"
+)
+
+_LEASE_HEAD = (
+    "SELECT json_group_array(json_array(available_at, id)), '[' || group_concat(payload, ',') || ']'"
+    " FROM (SELECT available_at, id, payload FROM pending_deliveries WHERE available_at <= ?"
+    " ORDER BY available_at LIMIT ?)"
+)
+
+_IDS = "SELECT value FROM json_each(?)"
+
+_LEASE = "UPDATE pending_deliveries SET leased = 1, available_at = ? WHERE id IN (%s)" % (_IDS,)
+
+_FINISH = "DELETE FROM pending_deliveries WHERE id IN (%s)" % (_IDS,)
+
+_RESCHEDULE = (
+    "UPDATE pending_deliveries SET due = json_extract(entry.value, '$.due'),"
+    " available_at = json_extract(entry.value, '$.due'), leased = 0, payload = entry.value"
+    " FROM json_each(?) AS entry WHERE pending_deliveries.id = json_extract(entry.value, '$.id')"
+)
+
+_RELEASE = (
+    "UPDATE pending_deliveries SET leased = 0, available_at = due WHERE leased = 1 AND id IN (%s)"
+    % (_IDS,)
+)
+
+
+def _entries_json(entries: Iterable[PendingDelivery]) -> str:
+    """Entries as one JSON array of their ``to_json`` objects."""
+    return json.dumps([vars(entry) for entry in entries], sort_keys=True)
+
+
+def net_updates(updates: Sequence[LedgerUpdate]) -> tuple[list[str], list[PendingDelivery]]:
+    """``(ids to finish, entries to reschedule)`` with the effect of applying
+    ``updates`` one by one: a finished entry stays gone (a later reschedule
+    finds no row), and the last reschedule of an entry wins."""
+    finished = {key for key, retry in updates if retry is None}
+    rescheduled = {key: retry for key, retry in updates if retry is not None and key not in finished}
+    return sorted(finished), list(rescheduled.values())
+
+
 @implementer(ILedger)
 class SQLiteLedger:
     """The ledger in a ``SQLiteDatabase`` (shared with the store, or its own file)."""
@@ -53,6 +107,7 @@ class SQLiteLedger:
     def __init__(self, database: SQLiteDatabase) -> None:
         self._database = database
         self._open = False
+        self._updates: GroupCommit[LedgerUpdate, None] = GroupCommit(self._write_updates)
 
     async def open(self) -> None:
         """Open the database, create the table, and release every lease."""
@@ -79,18 +134,10 @@ class SQLiteLedger:
                leased_until: float | None = None) -> Callable[[sqlite3.Connection], None]:
         """The statements of ``add``, to run in a transaction of the caller's
         on the same database (a firing and its ledger entries commit together)."""
-        leased = 0 if leased_until is None else 1
-        rows = [
-            (entry.id, entry.due, entry.due if leased_until is None else leased_until, leased, entry.to_json())
-            for entry in entries
-        ]
+        arguments = (leased_until, 0 if leased_until is None else 1, _entries_json(entries))
 
         def insert(connection: sqlite3.Connection) -> None:
-            connection.executemany(
-                "INSERT OR REPLACE INTO pending_deliveries (id, due, available_at, leased, payload)"
-                " VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+            connection.execute(_ADD, arguments)
 
         return insert
 
@@ -102,59 +149,54 @@ class SQLiteLedger:
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[PendingDelivery]:
         """Lease up to ``limit`` entries available at ``now``, earliest first."""
 
-        def lease(connection: sqlite3.Connection) -> list[str]:
-            rows = connection.execute(
-                "SELECT id, payload FROM pending_deliveries WHERE available_at <= ?"
-                " ORDER BY available_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            connection.executemany(
-                "UPDATE pending_deliveries SET leased = 1, available_at = ? WHERE id = ?",
-                [(now + lease_seconds, row[0]) for row in rows],
-            )
-            return [row[1] for row in rows]
+        def lease(connection: sqlite3.Connection) -> tuple[str, str | None]:
+            heads, payloads = connection.execute(_LEASE_HEAD, (now, limit)).fetchone()
+            if payloads is not None:
+                ids = json.dumps([key for _, key in json.loads(heads)])
+                connection.execute(_LEASE, (now + lease_seconds, ids))
+            return heads, payloads
 
-        payloads = await self._database.run(lease)
-        return [PendingDelivery.from_json(payload) for payload in payloads]
+        heads, payloads = await self._database.run(lease)
+        if payloads is None:
+            return []
+        order = [available_at for available_at, _ in json.loads(heads)]
+        claimed = zip(order, json.loads(payloads))
+        return [PendingDelivery(**fields) for _, fields in sorted(claimed, key=lambda pair: pair[0])]
 
     async def reschedule(self, entry: PendingDelivery) -> None:
         """Store the entry's new attempt and due time and drop its lease."""
-        await self._database.run_grouped(self.rescheduling(entry))
-
-    def rescheduling(self, entry: PendingDelivery) -> Callable[[sqlite3.Connection], None]:
-        """The statements of ``reschedule``, for a transaction of the caller's."""
-        row = (entry.due, entry.due, entry.to_json(), entry.id)
-
-        def update(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "UPDATE pending_deliveries SET due = ?, available_at = ?, leased = 0, payload = ?"
-                " WHERE id = ?",
-                row,
-            )
-
-        return update
+        await self._updates.submit((entry.id, entry))
 
     async def finish(self, delivery_id: str) -> None:
         """Remove the entry."""
-        await self._database.run_grouped(self.finishing(delivery_id))
+        await self._updates.submit((delivery_id, None))
 
-    def finishing(self, delivery_id: str) -> Callable[[sqlite3.Connection], None]:
-        """The statements of ``finish``, for a transaction of the caller's."""
+    async def _write_updates(self, updates: list[LedgerUpdate]) -> None:
+        await self._database.run(self.updating(updates))
 
-        def delete(connection: sqlite3.Connection) -> None:
-            connection.execute("DELETE FROM pending_deliveries WHERE id = ?", (delivery_id,))
+    @staticmethod
+    def updating(updates: Sequence[LedgerUpdate]) -> Callable[[sqlite3.Connection], None]:
+        """The statements of a batch of ``finish`` and ``reschedule`` calls
+        (``(id, None)`` and ``(id, entry)``, in call order), for a
+        transaction of the caller's: one ``DELETE`` and one ``UPDATE``."""
+        finished, rescheduled = net_updates(updates)
+        finished_ids = json.dumps(finished)
+        rescheduled_entries = _entries_json(rescheduled)
 
-        return delete
+        def update(connection: sqlite3.Connection) -> None:
+            if finished:
+                connection.execute(_FINISH, (finished_ids,))
+            if rescheduled:
+                connection.execute(_RESCHEDULE, (rescheduled_entries,))
+
+        return update
 
     async def release(self, delivery_ids: Iterable[str]) -> None:
         """Drop the leases of these entries: due again at once."""
-        rows = [(key,) for key in delivery_ids]
+        ids = json.dumps(list(delivery_ids))
 
         def unlease(connection: sqlite3.Connection) -> None:
-            connection.executemany(
-                "UPDATE pending_deliveries SET leased = 0, available_at = due WHERE id = ? AND leased = 1",
-                rows,
-            )
+            connection.execute(_RELEASE, (ids,))
 
         await self._database.run(unlease)
 

@@ -4,7 +4,10 @@ Every write runs on the ``SQLiteDatabase`` thread, so the reactor never
 waits for a commit, and reads run at once on its read-only connection
 (``SQLiteDatabase.read``).  Every method is one transaction
 (``record_attempt`` shares it with the other attempts settled at the same
-moment).  Each table
+moment, see ``attempt_log``).  Writes and reads of many rows are
+set-based: the rows travel as one JSON array and one statement takes them
+apart (``json_each``), because every statement step on the database thread
+has to take the GIL back from the reactor.  Each table
 has an ``INTEGER PRIMARY KEY seq`` (the rowid: creation order, always
 growing) and a unique ``id``.  Subscriptions and firings also keep
 ``owner_id``, the owner of their registration when they were made, which
@@ -27,9 +30,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pywebhooks.batching import GroupCommit
 from pywebhooks.errors import DatabaseMissing, DuplicateUsername, StoreError, StoreUnavailable
 from pywebhooks.records import Page, Record, WriteResult
 from pywebhooks.sqlitedb import SQLiteDatabase
+from pywebhooks.store.attempt_log import AttemptWrite, logging_attempts
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.memory import (
     BOOL_FIELDS,
@@ -239,14 +244,13 @@ class SQLiteStore:
         self._database = database
         self._cursors = PageCursors()
         self._open = False
+        self._attempts: GroupCommit[AttemptWrite, int | None] = GroupCommit(self._write_attempts)
 
     # -- plumbing ----------------------------------------------------------
 
-    async def _run(self, function: Callable[[sqlite3.Connection], T], grouped: bool = False) -> T:
+    async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
         if not self._open:
             raise StoreUnavailable("The store is not open")
-        if grouped:
-            return await self._database.run_grouped(function)
         return await self._database.run(function)
 
     async def _read(self, function: Callable[[sqlite3.Connection], T]) -> T:
@@ -556,17 +560,20 @@ class SQLiteStore:
         return await self._read(self.reading_subscribers(registration_id))
 
     def reading_subscribers(self, registration_id: str) -> Callable[[sqlite3.Connection], list[Record]]:
-        """The statement of ``subscribers``, for a transaction of the caller's."""
+        """The statement of ``subscribers``, for a transaction of the caller's:
+        one row however many subscribers (a JSON array, in subscription order)."""
         statement = (
-            "SELECT s.id, a.id, a.endpoint, a.secret_key, a.failed_count"
+            "SELECT json_group_array(json_array(s.seq, s.id, a.id, a.endpoint, a.secret_key,"
+            " a.failed_count))"
             " FROM subscriptions AS s JOIN accounts AS a ON a.id = s.account_id"
-            " WHERE s.registration_id = ? ORDER BY s.seq"
+            " WHERE s.registration_id = ?"
         )
         keys = ("subscription_id", "account_id", "endpoint", "secret_key", "failed_count")
 
         def fan_out(connection: sqlite3.Connection) -> list[Record]:
-            return [dict(zip(keys, row)) for row in connection.execute(
-                statement, (registration_id,))]
+            (found,) = connection.execute(statement, (registration_id,)).fetchone()
+            rows = sorted(json.loads(found), key=lambda row: row[0])
+            return [dict(zip(keys, row[1:])) for row in rows]
 
         return fan_out
 
@@ -578,28 +585,34 @@ class SQLiteStore:
 
     def inserting_firing(self, firing: Record,
                          deliveries: list[Record]) -> Callable[[sqlite3.Connection], None]:
-        """The statements of ``insert_firing``, for a transaction of the caller's."""
+        """The statements of ``insert_firing``, for a transaction of the
+        caller's: the deliveries go in as one JSON array, in one statement."""
         firing_values = bindings("firing", firing)
-        delivery_values = [bindings("delivery", delivery) for delivery in deliveries]
+        fields = RECORD_FIELDS["delivery"]
+        delivery_rows = json.dumps([
+            [values[field] for field in fields]
+            for values in (bindings("delivery", delivery) for delivery in deliveries)
+        ])
         insert_firing = insert_statement("firing", {"owner_id": OWNER_OF_REGISTRATION})
-        insert_delivery = insert_statement("delivery")
+        insert_deliveries = "INSERT INTO deliveries (%s) SELECT %s FROM json_each(?) AS row ORDER BY row.key" % (
+            ", ".join(fields),
+            ", ".join("json_extract(row.value, '$[%d]')" % (index,) for index in range(len(fields))))
 
         def insert(connection: sqlite3.Connection) -> None:
             connection.execute(insert_firing, firing_values)
-            connection.executemany(insert_delivery, delivery_values)
+            if deliveries:
+                connection.execute(insert_deliveries, (delivery_rows,))
 
         return insert
 
-    async def transaction(self, function: Callable[[sqlite3.Connection], T], kind: str,
-                          grouped: bool = False) -> T:
+    async def transaction(self, function: Callable[[sqlite3.Connection], T], kind: str) -> T:
         """Run ``function`` in one transaction: statements of this store (its
-        ``reading_*``, ``inserting_*``, ``recording_*`` builders) and of others
-        sharing its database, such as ``SQLiteLedger.adding``; ``grouped``
-        shares it with the other grouped writes queued meanwhile
-        (``SQLiteDatabase.run_grouped``).  A constraint violation is the
-        ``StoreError`` of a ``kind`` record, as for this store's own writes."""
+        ``reading_*`` and ``inserting_*`` builders, ``attempt_log``) and of
+        others sharing its database, such as ``SQLiteLedger.adding``.  A
+        constraint violation is the ``StoreError`` of a ``kind`` record, as
+        for this store's own writes."""
         try:
-            return await self._run(function, grouped=grouped)
+            return await self._run(function)
         except sqlite3.IntegrityError as error:
             raise self._integrity_error(kind, error) from error
 
@@ -629,35 +642,9 @@ class SQLiteStore:
         self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
     ) -> int | None:
         """Log ``attempt`` on the delivery and count it on the subscriber, in one
-        transaction; the count is a single ``UPDATE``.
+        transaction shared with the attempts settled meanwhile (group commit,
+        ``attempt_log``); the subscriber's new ``failed_count``."""
+        return await self._attempts.submit(AttemptWrite(delivery_id, account_id, attempt, final))
 
-        Group-committed (``SQLiteDatabase.run_grouped``): attempts settled while
-        a transaction runs share the next one.  Each runs its own statements in
-        order inside it, so each caller still gets its own new count.
-        """
-        return await self.transaction(
-            self.recording_attempt(delivery_id, account_id, attempt, final), "delivery", grouped=True)
-
-    def recording_attempt(
-        self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
-    ) -> Callable[[sqlite3.Connection], int | None]:
-        """The statements of ``record_attempt``, for a transaction of the
-        caller's.  The attempt is appended inside SQLite (``json_insert``), so
-        the log is never read back into Python however long it grows."""
-        logged = json.dumps(attempt)
-        state = "delivered" if attempt["ok"] else "failed" if final else None
-        count = "0" if attempt["ok"] else "failed_count + 1"
-        log_statement = (
-            "UPDATE deliveries SET state = coalesce(?, state),"
-            " attempts = json_insert(attempts, '$[#]', json(?)) WHERE id = ?"
-        )
-        count_statement = (
-            "UPDATE accounts SET failed_count = %s WHERE id = ? RETURNING failed_count" % (count,)
-        )
-
-        def record(connection: sqlite3.Connection) -> int | None:
-            connection.execute(log_statement, (state, logged, delivery_id))
-            counted = connection.execute(count_statement, (account_id,)).fetchone()
-            return None if counted is None else counted[0]
-
-        return record
+    async def _write_attempts(self, writes: list[AttemptWrite]) -> list[int | None]:
+        return await self.transaction(logging_attempts(writes), "delivery")
