@@ -68,13 +68,14 @@ async def stop_all(unit: Unit, *schedulers: DeliveryScheduler) -> None:
 
 
 async def one_held_past_its_lease() -> tuple[Unit, DeliveryScheduler, DeliveryScheduler]:
-    """Daemon ``a`` (one slot, outcomes recorded 62 s late) claims two
+    """Daemon ``a`` (one slot, room for one outcome being recorded, and
+    outcomes recorded 62 s late) claims two
     entries at t=1: the first goes out, the second waits in ``a`` for the
     slot, leased until 61.  Daemon ``b`` takes the second over when that
     lease lapses, at t=61, and its attempt hangs."""
     unit = Unit(max_in_flight=1, lease_seconds=LEASE, request_timeout=5.0, shutdown_grace=1.0)
     a = DeliveryScheduler(unit.clock, unit.ledger, unit.store, unit.deliverer, unit.settings,
-                          recorder=SlowRecorder(unit, 62.0))
+                          recorder=SlowRecorder(unit, 62.0), settling_factor=1)
     b = other_daemon(unit)
     unit.receiver.hanging.add("/second")
     await unit.ledger.add([pending(FIRST, 0.0), pending(SECOND, 0.5)])

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -20,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from pywebhooks import records
 from pywebhooks.delivery.deliverer import HTTPDeliverer
 from pywebhooks.delivery.dispatch import Dispatcher
-from pywebhooks.delivery.scheduler import DeliveryScheduler
+from pywebhooks.delivery.scheduler import SETTLING_FACTOR, DeliveryScheduler
 from pywebhooks.errors import StoreUnavailable
 from pywebhooks.ledger.interface import PendingDelivery
 from pywebhooks.ledger.memory import MemoryLedger
@@ -240,6 +241,34 @@ async def test_in_flight_attempts_are_capped() -> None:
     assert unit.receiver.times()[25:] == [125] * 10  # the timed-out ones, 120 s after failing
     unit.clock.advance(5)
     assert unit.receiver.times()[35:] == [130] * 10
+    await unit.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_attempts_stop_starting_while_the_store_is_far_behind() -> None:
+    """Answered attempts whose outcomes are still being recorded free their
+    slots, up to SETTLING_FACTOR x max_in_flight of them; past that no new
+    attempt starts until the store catches up."""
+    unit = await Unit(max_in_flight=2).start(subscribers=SETTLING_FACTOR * 2 + 3)
+    recording: list[Deferred[None]] = []
+
+    def stuck(*args: Any) -> Deferred[None]:
+        recording.append(Deferred())
+        return recording[-1]
+
+    unit.store.record_attempt = stuck  # type: ignore[method-assign]
+    await unit.fire()
+    assert len(unit.receiver.seen) == SETTLING_FACTOR * 2
+    assert len(recording) == SETTLING_FACTOR * 2
+    recording[0].callback(None)
+    # the freed room starts attempts again, at most a slot's worth at once
+    assert SETTLING_FACTOR * 2 < len(unit.receiver.seen) <= SETTLING_FACTOR * 2 + 2
+    while len(unit.receiver.seen) < SETTLING_FACTOR * 2 + 3:
+        next(done for done in recording if not done.called).callback(None)
+    for done in recording:
+        if not done.called:
+            done.callback(None)
+    assert await unit.ledger.count() == 0
     await unit.stop()
 
 

@@ -11,8 +11,12 @@ After an attempt: the outcome goes to the store (attempt log and
 ``failed_count``), then the entry leaves the ledger (success, or the last
 attempt) or is rescheduled after the next retry delay.  The attempt's slot
 is free as soon as its HTTP exchange ends, so the next attempt does not
-wait for that bookkeeping; at most ``max_in_flight`` outcomes are being
-recorded at a time (past that, no new attempt starts).  Up to another
+wait for that bookkeeping; at most ``SETTLING_FACTOR`` times
+``max_in_flight`` outcomes are being recorded at a time (past that, no new
+attempt starts: the store is behind).  Outcomes are written in batches, so
+under load a fair number of them wait for the batch ahead of theirs: a
+cap of only ``max_in_flight`` left the slots idle half the time
+(``bench/RESULTS.md``, ninth pass).  Up to another
 ``max_in_flight`` leased entries wait in memory for a slot (the surplus of
 a fan-out, or of a claim), so that a slot that frees starts the next
 attempt at once instead of after a trip to the ledger; one whose lease has
@@ -54,6 +58,10 @@ RETRY_INTERVAL = 1.0
 #: never make a busy loop.
 MIN_DELAY = 0.01
 
+#: How many outcomes, per slot of ``max_in_flight``, may be waiting to be
+#: recorded before no new attempt starts.
+SETTLING_FACTOR = 4
+
 #: Seconds before the end of a lease from which this daemon leaves the entry
 #: alone (neither releases nor updates it): room for the clocks of daemons
 #: sharing a ledger to disagree a little, and for the trip to the ledger.
@@ -69,7 +77,8 @@ class DeliveryScheduler(Service):
 
     def __init__(self, clock: IReactorTime, ledger: Any, store: Any, deliverer: Any,
                  settings: Settings, *, poll_interval: float = POLL_INTERVAL,
-                 retry_interval: float = RETRY_INTERVAL, recorder: IFiringRecorder | None = None) -> None:
+                 retry_interval: float = RETRY_INTERVAL, recorder: IFiringRecorder | None = None,
+                 settling_factor: int = SETTLING_FACTOR) -> None:
         self._clock = clock
         self._ledger = ledger
         self._store = store
@@ -78,6 +87,7 @@ class DeliveryScheduler(Service):
         self._settings = settings
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
+        self._settling_factor = settling_factor
         #: how long before its end a lease stops being safely ours (see LEASE_SAFETY)
         self._lease_safety = min(LEASE_SAFETY, settings.lease_seconds / 4)
         self._timer: IDelayedCall | None = None
@@ -262,11 +272,14 @@ class DeliveryScheduler(Service):
         await self._release(delivery_ids)
         self.wake()
 
+    def _settling_cap(self) -> int:
+        """How many outcomes may be being recorded before no attempt starts."""
+        return self._settling_factor * self._settings.max_in_flight
+
     def _free_slots(self) -> int:
-        cap = self._settings.max_in_flight
-        if len(self._settling) >= cap:
+        if len(self._settling) >= self._settling_cap():
             return 0  # the store is behind: let it catch up first
-        return cap - len(self._in_flight)
+        return self._settings.max_in_flight - len(self._in_flight)
 
     async def _pump(self) -> None:
         """Claim and start what is due, then set the timer; never raises."""
@@ -387,7 +400,7 @@ class DeliveryScheduler(Service):
             self.log.failure("delivery {delivery_id} attempt {attempt} crashed",
                              delivery_id=entry.id, attempt=entry.attempt + 1)
         finally:
-            recorders_were_full = len(self._settling) >= self._settings.max_in_flight
+            recorders_were_full = len(self._settling) >= self._settling_cap()
             self._settling.discard(entry.id)
             if recorders_were_full or not answered:
                 self._slot_freed()
