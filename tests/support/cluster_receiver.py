@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -44,6 +44,17 @@ class CountingReceiver(Receiver):
         self.dropped: list[str] = []
         #: webhook-id -> the client (daemon side) port of each POST with it
         self.client_ports: collections.defaultdict[str, list[int]] = collections.defaultdict(list)
+        self._when_answered: list[tuple[int, Callable[[], None]]] = []
+
+    def on_answered(self, count: int, action: Callable[[], None]) -> None:
+        """Run ``action`` once ``count`` deliveries have been answered, in the
+        very callback that answers the last of them (polling would see the
+        count only after the reactor has answered many more); at once if
+        they already have."""
+        if len(self.answered) >= count:
+            action()
+        else:
+            self._when_answered.append((count, action))
 
     def _answer_post(self, request: Request) -> Any:
         webhook_id = (request.getHeader(b"webhook-id") or b"").decode()
@@ -52,6 +63,10 @@ class CountingReceiver(Receiver):
 
         def answered(_: object) -> None:
             self.answered[webhook_id] += 1
+            due = [item for item in self._when_answered if len(self.answered) >= item[0]]
+            for item in due:
+                self._when_answered.remove(item)
+                item[1]()
 
         def dropped(_: Failure) -> None:
             self.dropped.append(webhook_id)
