@@ -98,7 +98,7 @@ async def test_a_huge_answer_is_not_read_to_the_end(deliverer: HTTPDeliverer) ->
 async def test_a_cancelled_attempt_is_not_a_failed_one(deliverer: HTTPDeliverer, scripted: Any) -> None:
     """Cancelling an attempt (shutdown) raises CancelledError instead of reporting a failure."""
     url = await scripted(b"")
-    attempt = Deferred.fromCoroutine(deliverer.attempt(entry(url)))
+    attempt = deliverer.attempt(entry(url))
     reactor().callLater(0.1, attempt.cancel)
     with pytest.raises(CancelledError):
         await attempt

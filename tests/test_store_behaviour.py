@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from zope.interface.verify import verifyObject
 
 from pywebhooks import records
@@ -637,7 +637,7 @@ async def test_record_attempt_is_atomic(store: IStore) -> None:
     fired, deliveries, s = await _fired(store)
     target = deliveries[0]
     counts = await gatherResults([
-        Deferred.fromCoroutine(store.record_attempt(
+        ensureDeferred(store.record_attempt(
             d["id"], target["account_id"], attempt(n, False), False))
         for n in range(40) for d in (target, deliveries[1])
     ])

@@ -17,7 +17,7 @@ from typing import Any
 from hyperlink import EncodedURL
 from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -187,40 +187,38 @@ class HTTPDeliverer:
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
 
-    async def attempt(self, entry: PendingDelivery) -> AttemptOutcome:
-        """POST ``entry`` to its endpoint once; the outcome, never an exception
-        (except ``CancelledError`` when the caller cancels before the answer)."""
-        started = self._clock.seconds()
-        headers = signature_headers(entry.secret_key, entry.id, int(started), entry.body, entry.event)
-        statuses: list[int] = []
-        exchange = Deferred.fromCoroutine(self._exchange(entry, headers, statuses))
-        exchange.addTimeout(self._timeout, self._clock)
-        try:
-            await exchange
-        except Exception as failure:
-            if not statuses:
-                if self._cancelled_from_outside(started, failure):
-                    raise CancelledError() from failure
-                error = describe_error(failure, self._timeout)
-                return AttemptOutcome(False, None, error, self._clock.seconds() - started, started)
-            # The answer came; only draining its body did not finish (in
-            # time, or before a shutdown cancelled it): the status stands.
-        status = statuses[0]
-        return AttemptOutcome(200 <= status < 300, status, None, self._clock.seconds() - started, started)
+    def attempt(self, entry: PendingDelivery) -> Deferred[AttemptOutcome]:
+        """POST ``entry`` to its endpoint once; the outcome, never a failure
+        (except ``CancelledError`` when the caller cancels before the answer).
 
-    def _cancelled_from_outside(self, started: float, failure: Exception) -> bool:
+        A chain of callbacks, not a coroutine: this runs once per delivery,
+        and a coroutine's trampoline cost a noticeable share of an attempt
+        (``bench/RESULTS.md``, tenth pass)."""
+        started = self._clock.seconds()
+        statuses: list[int] = []
+        try:
+            exchange = self._send(entry, started)
+        except Exception:
+            exchange = fail()
+        exchange.addCallback(self._drain, statuses)
+        exchange.addTimeout(self._timeout, self._clock)
+        return exchange.addCallbacks(self._answered, self._unanswered,
+                                     callbackArgs=(started, statuses), errbackArgs=(started, statuses))
+
+    def _cancelled_from_outside(self, started: float, failure: BaseException) -> bool:
         """True when ``failure`` is a cancellation that no timeout of ours made."""
         if self._clock.seconds() - started >= self._timeout - _TIMER_SLACK:
             return False
         return any(isinstance(reason, CancelledError) for reason in _reasons(failure))
 
-    async def _exchange(self, entry: PendingDelivery, headers: dict[str, str], statuses: list[int]) -> None:
-        """Send the request, note the answer's status code, drain its body."""
+    def _send(self, entry: PendingDelivery, started: float) -> Deferred[Any]:
+        """Send the signed request; its response (not its body yet)."""
         url = parsed_url(entry.endpoint)
+        headers = signature_headers(entry.secret_key, entry.id, int(started), entry.body, entry.event)
         headers["Host"] = url.host_header()
         # No ``timeout`` here: ``attempt``'s own timeout cancels the whole
         # exchange.  The empty jar spares treq a new one per request.
-        response = await self._client.post(
+        return self._client.post(
             url,
             data=entry.body.encode("utf-8"),
             headers=headers,
@@ -228,7 +226,24 @@ class HTTPDeliverer:
             unbuffered=True,
             cookies=NO_COOKIES,
         )
+
+    def _drain(self, response: Any, statuses: list[int]) -> Deferred[None]:
+        """Note the answer's status code, then read its body into nowhere."""
         statuses.append(int(response.code))
         body = _DiscardBody(self._max_response_bytes)
         response.deliverBody(body)
-        await body.finished
+        return body.finished
+
+    def _answered(self, _: None, started: float, statuses: list[int]) -> AttemptOutcome:
+        status = statuses[0]
+        return AttemptOutcome(200 <= status < 300, status, None, self._clock.seconds() - started, started)
+
+    def _unanswered(self, failure: Failure, started: float, statuses: list[int]) -> AttemptOutcome | Failure:
+        if statuses:
+            # The answer came; only draining its body did not finish (in
+            # time, or before a shutdown cancelled it): the status stands.
+            return self._answered(None, started, statuses)
+        if self._cancelled_from_outside(started, failure.value):
+            return Failure(CancelledError())
+        error = describe_error(failure.value, self._timeout)
+        return AttemptOutcome(False, None, error, self._clock.seconds() - started, started)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable, NamedTuple
 
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
@@ -99,11 +99,11 @@ class SeparateWrites:
             await self._forget(entries)
             raise
 
-    async def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
-                             retry: PendingDelivery | None) -> bool:
+    def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
+                       retry: PendingDelivery | None) -> Deferred[bool]:
         """See ``IFiringRecorder.record_outcome``: the store only."""
-        await self._store.record_attempt(entry.id, entry.account_id, attempt, final)
-        return False
+        logged = maybeDeferred(self._store.record_attempt, entry.id, entry.account_id, attempt, final)
+        return logged.addCallback(lambda _: False)
 
     async def _forget(self, entries: list[PendingDelivery]) -> None:
         """Remove the ledger entries of a firing that could not be recorded."""
@@ -155,12 +155,11 @@ class OneTransaction:
         return in_sequence(self._ledger.adding(entries, leased_until=leased_until),
                            self._store.inserting_firing(firing, deliveries))
 
-    async def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
-                             retry: PendingDelivery | None) -> bool:
+    def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
+                       retry: PendingDelivery | None) -> Deferred[bool]:
         """See ``IFiringRecorder.record_outcome``: the store and the ledger
         together, in one transaction with the outcomes settled meanwhile."""
-        await self._outcomes.submit(Outcome(entry, attempt, final, retry))
-        return True
+        return self._outcomes.submit(Outcome(entry, attempt, final, retry)).addCallback(lambda _: True)
 
     async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
         log = logging_attempts([

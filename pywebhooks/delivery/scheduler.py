@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pywebhooks.delivery.deliverer import AttemptOutcome
 from pywebhooks.delivery.recording import IFiringRecorder, recorder_for
@@ -372,39 +374,50 @@ class DeliveryScheduler(Service):
     # -- attempts ---------------------------------------------------------
 
     def _start(self, entry: PendingDelivery, leased_until: float) -> None:
-        """Attempt ``entry``, leased to this daemon until ``leased_until``."""
+        """Attempt ``entry``, leased to this daemon until ``leased_until``.
+
+        The attempt is a chain of callbacks (``_answered``, then ``_settled``)
+        rather than a coroutine: it runs once per delivery, and a coroutine's
+        trampoline cost a noticeable share of it (``bench/RESULTS.md``, tenth
+        pass)."""
         if entry.id in self._in_flight or entry.id in self._settling:
             return
         self._in_flight.add(entry.id)
-        Deferred.fromCoroutine(self._deliver(entry, leased_until))
+        request = maybeDeferred(self._deliverer.attempt, entry)
+        self._requests[entry.id] = request  # until ``_answered``, maybe at once
+        request.addBoth(self._answered, entry, leased_until)
 
-    async def _deliver(self, entry: PendingDelivery, leased_until: float) -> None:
-        """Make one attempt and record it; never raises."""
-        answered = False
-        try:
-            request = Deferred.fromCoroutine(self._deliverer.attempt(entry))
-            if not request.called:
-                self._requests[entry.id] = request
-            try:
-                outcome = await request
-            finally:
-                self._requests.pop(entry.id, None)
-                self._in_flight.discard(entry.id)
-            answered = True
-            self._settling.add(entry.id)
+    def _answered(self, outcome: AttemptOutcome | Failure, entry: PendingDelivery,
+                  leased_until: float) -> None:
+        """The HTTP exchange of ``entry`` is over: free its slot, and record
+        its outcome (``outcome`` is a failure only for a crash, or a
+        cancellation at shutdown, whose entry ``_drain`` releases)."""
+        self._requests.pop(entry.id, None)
+        self._in_flight.discard(entry.id)
+        if isinstance(outcome, Failure):
+            self._log_crash(outcome, entry)
             self._slot_freed()
-            await self._settle(entry, outcome, leased_until)
-        except CancelledError:
-            pass  # shutting down: the entry is released by _drain
-        except Exception:
-            self.log.failure("delivery {delivery_id} attempt {attempt} crashed",
-                             delivery_id=entry.id, attempt=entry.attempt + 1)
-        finally:
-            recorders_were_full = len(self._settling) >= self._settling_cap()
-            self._settling.discard(entry.id)
-            if recorders_were_full or not answered:
-                self._slot_freed()
             self._check_idle()
+            return
+        self._settling.add(entry.id)
+        self._slot_freed()
+        self._settle(entry, outcome, leased_until).addBoth(self._settled, entry)
+
+    def _settled(self, result: None | Failure, entry: PendingDelivery) -> None:
+        """The outcome of ``entry`` is recorded (or recording it crashed)."""
+        if isinstance(result, Failure):
+            self._log_crash(result, entry)
+        recorders_were_full = len(self._settling) >= self._settling_cap()
+        self._settling.discard(entry.id)
+        if recorders_were_full:
+            self._slot_freed()
+        self._check_idle()
+
+    def _log_crash(self, failure: Failure, entry: PendingDelivery) -> None:
+        """Log ``failure`` of an attempt, unless it is a shutdown's cancellation."""
+        if not failure.check(CancelledError):
+            self.log.failure("delivery {delivery_id} attempt {attempt} crashed", failure,
+                             delivery_id=entry.id, attempt=entry.attempt + 1)
 
     def _slot_freed(self) -> None:
         """Start an entry waiting here, and claim again when due entries may
@@ -413,7 +426,7 @@ class DeliveryScheduler(Service):
         if self._backlog:
             self.wake()
 
-    async def _settle(self, entry: PendingDelivery, outcome: AttemptOutcome, leased_until: float) -> None:
+    def _settle(self, entry: PendingDelivery, outcome: AttemptOutcome, leased_until: float) -> Deferred[None]:
         """Record the outcome, then finish or reschedule the ledger entry
         (while its lease, until ``leased_until``, holds)."""
         self.attempts_made += 1
@@ -427,37 +440,73 @@ class DeliveryScheduler(Service):
         retry = None
         if not final:
             retry = dataclasses.replace(entry, attempt=number, due=self._clock.seconds() + delays[number - 1])
-        try:
-            if await self._recorder.record_outcome(entry, outcome.record(number), final, retry):
-                if retry is not None:
-                    self._set_timer(retry.due)
-                return
-        except Exception as error:
-            self.log.warn("could not record attempt {attempt} of delivery {delivery_id}: {error}",
-                          attempt=number, delivery_id=entry.id, error=str(error))
+        recorded = maybeDeferred(self._recorder.record_outcome, entry, outcome.record(number), final, retry)
+        return recorded.addCallbacks(self._recorded, self._not_recorded,
+                                     callbackArgs=(entry, retry, leased_until),
+                                     errbackArgs=(entry, retry, leased_until))
+
+    def _recorded(self, ledger_updated: bool, entry: PendingDelivery, retry: PendingDelivery | None,
+                  leased_until: float) -> Deferred[None] | None:
+        """The outcome is in the store: the ledger entry next, unless the
+        recorder updated it in the same write."""
+        if not ledger_updated:
+            return self._update_ledger(entry, retry, leased_until)
+        if retry is not None:
+            self._set_timer(retry.due)
+        return None
+
+    def _not_recorded(self, failure: Failure, entry: PendingDelivery, retry: PendingDelivery | None,
+                      leased_until: float) -> Deferred[None]:
+        """The store could not take the outcome: the ledger entry is updated
+        all the same (the attempt log misses one line; the delivery is not
+        made twice)."""
+        self.log.warn("could not record attempt {attempt} of delivery {delivery_id}: {error}",
+                      attempt=entry.attempt + 1, delivery_id=entry.id, error=str(failure.value))
+        return self._update_ledger(entry, retry, leased_until)
+
+    def _update_ledger(self, entry: PendingDelivery, retry: PendingDelivery | None,
+                       leased_until: float) -> Deferred[None]:
+        """Finish the ledger entry (``retry`` is None) or replace it with
+        ``retry`` and set the timer for it, retrying while the ledger is
+        unavailable and the lease (until ``leased_until``) still holds."""
         if retry is None:
-            await self._update_ledger(entry, leased_until, lambda: self._ledger.finish(entry.id))
-        elif await self._update_ledger(entry, leased_until, lambda: self._ledger.reschedule(retry)):
+            update: Callable[[], Awaitable[None]] = functools.partial(self._ledger.finish, entry.id)
+        else:
+            update = functools.partial(self._ledger.reschedule, retry)
+        updated: Deferred[bool] = maybeDeferred(update).addCallback(lambda _: True)
+        updated.addErrback(self._update_failed, entry, leased_until, update)
+        return updated.addCallback(self._ledger_updated, retry)
+
+    def _ledger_updated(self, done: bool, retry: PendingDelivery | None) -> None:
+        """Set the timer for ``retry`` once it is in the ledger (``done``)."""
+        if done and retry is not None:
             self._set_timer(retry.due)
 
-    async def _update_ledger(self, entry: PendingDelivery, leased_until: float,
-                             update: Callable[[], Awaitable[None]]) -> bool:
-        """Run ``update``, retrying while the ledger is unavailable and the
-        lease (until ``leased_until``) still holds; True once it is done.
-        When it cannot be done the lease lapses and the attempt is made
-        again, at least once; a late update would touch an entry that
-        another daemon may have claimed by then."""
+    def _update_failed(self, failure: Failure, entry: PendingDelivery, leased_until: float,
+                       update: Callable[[], Awaitable[None]]) -> Deferred[bool]:
+        """A ledger update failed: try again while the ledger is unavailable."""
+        failure.trap(StoreUnavailable)
+        return Deferred.fromCoroutine(self._update_again(entry, leased_until, update, failure.value))
+
+    async def _update_again(self, entry: PendingDelivery, leased_until: float,
+                            update: Callable[[], Awaitable[None]], error: BaseException) -> bool:
+        """Run ``update`` again (it failed with ``error``) while the ledger is
+        unavailable and the lease still holds; True once it is done.  When it
+        cannot be done the lease lapses and the attempt is made again, at
+        least once; a late update would touch an entry that another daemon
+        may have claimed by then."""
         deadline = leased_until - self._lease_safety
         while True:
+            if not self.running or self._clock.seconds() + self._retry_interval >= deadline:
+                self.log.warn("ledger update of delivery {delivery_id} failed: {error}",
+                              delivery_id=entry.id, error=str(error))
+                return False
+            await deferLater(self._clock, self._retry_interval, lambda: None)
             try:
                 await update()
                 return True
-            except StoreUnavailable as error:
-                if not self.running or self._clock.seconds() + self._retry_interval >= deadline:
-                    self.log.warn("ledger update of delivery {delivery_id} failed: {error}",
-                                  delivery_id=entry.id, error=str(error))
-                    return False
-            await deferLater(self._clock, self._retry_interval, lambda: None)
+            except StoreUnavailable as again:
+                error = again
 
     def _log_failure(self, entry: PendingDelivery, number: int, outcome: AttemptOutcome,
                      final: bool) -> None:
@@ -487,3 +536,4 @@ class DeliveryScheduler(Service):
         if not task.called:
             self._background.add(task)
             task.addBoth(lambda _: self._background.discard(task))
+

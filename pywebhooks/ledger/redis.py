@@ -31,6 +31,7 @@ import uuid
 from typing import Any, Iterable
 
 import txredisapi
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -261,11 +262,11 @@ class RedisLedger:
         payloads = await self._run(_CLAIM, [_score(now), limit, _score(now + lease_seconds), self.holder])
         return [PendingDelivery.from_json(payload) for payload in payloads or []]
 
-    async def reschedule(self, entry: PendingDelivery) -> None:
+    def reschedule(self, entry: PendingDelivery) -> Deferred[None]:
         """Store the entry's new attempt and due time and drop its lease
         (group-committed with other reschedules); nothing if another ledger
         holds the lease now."""
-        await self._reschedules.submit(entry)
+        return self._reschedules.submit(entry)
 
     async def _reschedule_all(self, entries: list[PendingDelivery]) -> None:
         args: list[Any] = [self.holder]
@@ -273,9 +274,9 @@ class RedisLedger:
             args.extend((entry.id, _score(entry.due), entry.to_json()))
         await self._run(_RESCHEDULE, args)
 
-    async def finish(self, delivery_id: str) -> None:
+    def finish(self, delivery_id: str) -> Deferred[None]:
         """Remove the entry (group-committed with other finishes)."""
-        await self._finishes.submit(delivery_id)
+        return self._finishes.submit(delivery_id)
 
     async def _finish_all(self, ids: list[str]) -> None:
         await self._run(_FINISH, ids)

@@ -25,6 +25,7 @@ import json
 import sqlite3
 from typing import Callable, Iterable, Sequence
 
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from pywebhooks.batching import GroupCommit
@@ -163,13 +164,13 @@ class SQLiteLedger:
         claimed = zip(order, json.loads(payloads))
         return [PendingDelivery(**fields) for _, fields in sorted(claimed, key=lambda pair: pair[0])]
 
-    async def reschedule(self, entry: PendingDelivery) -> None:
+    def reschedule(self, entry: PendingDelivery) -> Deferred[None]:
         """Store the entry's new attempt and due time and drop its lease."""
-        await self._updates.submit((entry.id, entry))
+        return self._updates.submit((entry.id, entry))
 
-    async def finish(self, delivery_id: str) -> None:
+    def finish(self, delivery_id: str) -> Deferred[None]:
         """Remove the entry."""
-        await self._updates.submit((delivery_id, None))
+        return self._updates.submit((delivery_id, None))
 
     async def _write_updates(self, updates: list[LedgerUpdate]) -> None:
         await self._database.run(self.updating(updates))

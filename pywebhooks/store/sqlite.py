@@ -27,6 +27,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -638,13 +639,13 @@ class SQLiteStore:
 
         return await self._read(read)
 
-    async def record_attempt(
+    def record_attempt(
         self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
-    ) -> int | None:
+    ) -> Deferred[int | None]:
         """Log ``attempt`` on the delivery and count it on the subscriber, in one
         transaction shared with the attempts settled meanwhile (group commit,
         ``attempt_log``); the subscriber's new ``failed_count``."""
-        return await self._attempts.submit(AttemptWrite(delivery_id, account_id, attempt, final))
+        return self._attempts.submit(AttemptWrite(delivery_id, account_id, attempt, final))
 
     async def _write_attempts(self, writes: list[AttemptWrite]) -> list[int | None]:
         return await self.transaction(logging_attempts(writes), "delivery")
