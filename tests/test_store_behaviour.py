@@ -574,6 +574,19 @@ async def test_insert_firing_and_deliveries(store: IStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_deliveries_of_one_firing_may_differ_in_any_field(store: IStore) -> None:
+    """Deliveries written together come back field for field, whether a field
+    is the same in all of them or not (a JSON log, an exact epoch, a state)."""
+    s = await _cascade_setup(store)
+    fired = firing(s["johns"]["id"])
+    plain, logged, other = (delivery(fired, sub) for sub in s["to_john"][:3])
+    logged.update(attempts=[attempt(1, False)], state="failed", epoch=1733512345.123457, event="")
+    other.update(endpoint="http://127.0.0.1:9091/y", epoch=plain["epoch"] + 1)
+    await store.insert_firing(fired, [plain, logged, other])
+    assert await store.get_deliveries(fired["id"]) == [plain, logged, other]
+
+
+@pytest_twisted.ensureDeferred
 async def test_insert_firing_is_all_or_nothing(store: IStore) -> None:
     """When one delivery cannot be stored, neither the firing nor any delivery is."""
     fired, deliveries, s = await _fired(store)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from pywebhooks.delivery.recording import IFiringRecorder, recorder_for
 from pywebhooks.delivery.signing import delivery_body
 from pywebhooks.ledger.interface import PendingDelivery
-from pywebhooks.records import Record, new_id
+from pywebhooks.records import Record, new_id, new_ids
 from pywebhooks.settings import Settings
 
 
@@ -61,10 +61,11 @@ class Dispatcher:
         muted = self._settings.max_failed_count
         deliveries: list[Record] = []
         entries: list[PendingDelivery] = []
+        ids = iter(new_ids(len(subscribers)))
         for subscriber in subscribers:
             if (subscriber.get("failed_count") or 0) >= muted:
                 continue
-            delivery_id = new_id()
+            delivery_id = next(ids)
             deliveries.append({
                 "id": delivery_id,
                 "epoch": now,

@@ -22,6 +22,7 @@ instead of an ``OFFSET`` walk over everything before it.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import sqlite3
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from zope.interface import implementer
 from pywebhooks.batching import GroupCommit
 from pywebhooks.errors import DatabaseMissing, DuplicateUsername, StoreError, StoreUnavailable
 from pywebhooks.records import Page, Record, WriteResult
-from pywebhooks.sqlitedb import SQLiteDatabase
+from pywebhooks.sqlitedb import SQLiteDatabase, split_columns
 from pywebhooks.store.attempt_log import AttemptWrite, logging_attempts
 from pywebhooks.store.interface import IStore
 from pywebhooks.store.memory import (
@@ -160,6 +161,17 @@ def bindings(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
     """The named parameters of ``insert_statement(kind)`` for ``record``."""
     check_record(kind, record)
     return {field: encode(field, value) for field, value in record.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_rows_statement(shared: tuple[str, ...], varying: tuple[str, ...]) -> str:
+    """An INSERT of many deliveries from ``split_columns``: the ``shared``
+    fields bound once each, then the ``varying`` ones from a JSON array of
+    rows (bound last), in the array's order."""
+    return "INSERT INTO deliveries (%s) SELECT %s FROM json_each(?) AS row ORDER BY row.key" % (
+        ", ".join(shared + varying),
+        ", ".join(["?"] * len(shared) + ["json_extract(row.value, '$[%d]')" % (index,)
+                                         for index in range(len(varying))]))
 
 
 class PageCursors:
@@ -589,20 +601,20 @@ class SQLiteStore:
         """The statements of ``insert_firing``, for a transaction of the
         caller's: the deliveries go in as one JSON array, in one statement."""
         firing_values = bindings("firing", firing)
-        fields = RECORD_FIELDS["delivery"]
-        delivery_rows = json.dumps([
-            [values[field] for field in fields]
-            for values in (bindings("delivery", delivery) for delivery in deliveries)
-        ])
+        for delivery in deliveries:
+            check_record("delivery", delivery)
+        shared, varying, rows = split_columns(deliveries, RECORD_FIELDS["delivery"])
         insert_firing = insert_statement("firing", {"owner_id": OWNER_OF_REGISTRATION})
-        insert_deliveries = "INSERT INTO deliveries (%s) SELECT %s FROM json_each(?) AS row ORDER BY row.key" % (
-            ", ".join(fields),
-            ", ".join("json_extract(row.value, '$[%d]')" % (index,) for index in range(len(fields))))
+        insert_deliveries = _insert_rows_statement(tuple(shared), tuple(varying))
+        arguments = [encode(field, value) for field, value in shared.items()]
+        if any(field in JSON_FIELDS for field in varying):
+            rows = [[encode(field, value) for field, value in zip(varying, row)] for row in rows]
+        arguments.append(json.dumps(rows))
 
         def insert(connection: sqlite3.Connection) -> None:
             connection.execute(insert_firing, firing_values)
             if deliveries:
-                connection.execute(insert_deliveries, (delivery_rows,))
+                connection.execute(insert_deliveries, arguments)
 
         return insert
 
