@@ -517,6 +517,33 @@ async def test_fan_out_one_delivery_per_subscription_row() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_retry_rescheduled_after_a_ledger_blip_goes_out_on_time() -> None:
+    """A failed attempt whose reschedule waits out a ledger blip is still
+    retried at its due time (the timer is set once the reschedule is in)."""
+    unit = await Unit().start()
+    unit.receiver.hanging.add("/account/endpoint")
+    firing = await unit.fire()
+    unit.ledger.available = False
+    unit.receiver.hanging.clear()
+    [request] = unit.receiver.held
+    request.setResponseCode(500)
+    request.finish()
+    unit.stub.flush()
+    unit.clock.advance(1)
+    unit.clock.advance(1)
+    unit.ledger.available = True
+    unit.clock.advance(1)
+    assert await unit.ledger.count() == 1
+    unit.clock.advance(116.9)
+    assert unit.receiver.times() == [0]
+    unit.clock.advance(0.1)
+    assert unit.receiver.times() == [0, 120]
+    [delivery] = await unit.store.get_deliveries(firing["id"])
+    assert [attempt["ok"] for attempt in delivery["attempts"]] == [False, True]
+    await unit.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_ledger_outage_at_trigger_records_nothing() -> None:
     """If the ledger cannot be written, the trigger fails with StoreUnavailable and records nothing."""
     unit = await Unit().start()

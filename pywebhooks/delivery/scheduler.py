@@ -473,40 +473,42 @@ class DeliveryScheduler(Service):
             update: Callable[[], Awaitable[None]] = functools.partial(self._ledger.finish, entry.id)
         else:
             update = functools.partial(self._ledger.reschedule, retry)
-        updated: Deferred[bool] = maybeDeferred(update).addCallback(lambda _: True)
-        updated.addErrback(self._update_failed, entry, leased_until, update)
-        return updated.addCallback(self._ledger_updated, retry)
+        return maybeDeferred(update).addCallbacks(
+            self._ledger_updated, self._update_failed,
+            callbackArgs=(retry,), errbackArgs=(entry, retry, leased_until, update))
 
-    def _ledger_updated(self, done: bool, retry: PendingDelivery | None) -> None:
-        """Set the timer for ``retry`` once it is in the ledger (``done``)."""
-        if done and retry is not None:
+    def _ledger_updated(self, _: object, retry: PendingDelivery | None) -> None:
+        """Set the timer for ``retry`` now that it is in the ledger."""
+        if retry is not None:
             self._set_timer(retry.due)
 
-    def _update_failed(self, failure: Failure, entry: PendingDelivery, leased_until: float,
-                       update: Callable[[], Awaitable[None]]) -> Deferred[bool]:
+    def _update_failed(self, failure: Failure, entry: PendingDelivery, retry: PendingDelivery | None,
+                       leased_until: float, update: Callable[[], Awaitable[None]]) -> Deferred[None]:
         """A ledger update failed: try again while the ledger is unavailable."""
         failure.trap(StoreUnavailable)
-        return Deferred.fromCoroutine(self._update_again(entry, leased_until, update, failure.value))
+        return Deferred.fromCoroutine(self._update_again(entry, retry, leased_until, update, failure.value))
 
-    async def _update_again(self, entry: PendingDelivery, leased_until: float,
-                            update: Callable[[], Awaitable[None]], error: BaseException) -> bool:
+    async def _update_again(self, entry: PendingDelivery, retry: PendingDelivery | None, leased_until: float,
+                            update: Callable[[], Awaitable[None]], error: BaseException) -> None:
         """Run ``update`` again (it failed with ``error``) while the ledger is
-        unavailable and the lease still holds; True once it is done.  When it
-        cannot be done the lease lapses and the attempt is made again, at
-        least once; a late update would touch an entry that another daemon
-        may have claimed by then."""
+        unavailable and the lease still holds.  When it cannot be done the
+        lease lapses and the attempt is made again, at least once; a late
+        update would touch an entry that another daemon may have claimed by
+        then."""
         deadline = leased_until - self._lease_safety
         while True:
             if not self.running or self._clock.seconds() + self._retry_interval >= deadline:
                 self.log.warn("ledger update of delivery {delivery_id} failed: {error}",
                               delivery_id=entry.id, error=str(error))
-                return False
+                return
             await deferLater(self._clock, self._retry_interval, lambda: None)
             try:
                 await update()
-                return True
             except StoreUnavailable as again:
                 error = again
+            else:
+                self._ledger_updated(None, retry)
+                return
 
     def _log_failure(self, entry: PendingDelivery, number: int, outcome: AttemptOutcome,
                      final: bool) -> None:

@@ -11,7 +11,6 @@ HMAC-SHA256 under the same key, which also binds the id and the time.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 from typing import Any
@@ -24,13 +23,13 @@ def delivery_body(event_data: Any) -> str:
 
 def legacy_signature(secret_key: str, body: str) -> str:
     """Lowercase hex HMAC-SHA1 of ``body`` keyed with ``secret_key`` (``pywebhooks-signature``)."""
-    return hmac.new(secret_key.encode("utf-8"), body.encode("utf-8"), hashlib.sha1).hexdigest()
+    return hmac.digest(secret_key.encode("utf-8"), body.encode("utf-8"), "sha1").hex()
 
 
 def standard_signature(secret_key: str, delivery_id: str, timestamp: int, body: str) -> str:
     """``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`` (``webhook-signature``)."""
     message = "%s.%d.%s" % (delivery_id, timestamp, body)
-    digest = hmac.new(secret_key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.digest(secret_key.encode("utf-8"), message.encode("utf-8"), "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
