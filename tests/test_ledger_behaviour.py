@@ -7,6 +7,7 @@ restarted daemon, or a second daemon sharing the backend.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -58,6 +59,26 @@ async def test_empty_ledger(ledgers: LedgerFactory) -> None:
     assert await ledger.count() == 0
     assert await ledger.next_due() is None
     assert await ledger.claim(T + 1e6, 10, LEASE) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fan_out_comes_back_whole(ledgers: LedgerFactory) -> None:
+    """The entries of one firing (the same firing, body and due time to the
+    last digit, a different subscriber each) come back from a claim exactly
+    as added, leased or not."""
+    ledger = await ledgers.open_ledger()
+    shared = entry(T + 0.123456789012, body='{"quote": "\\"", "é": "\u2603", "n": null}')
+    fan_out = [dataclasses.replace(shared, id=records.new_id(), account_id=records.new_id(),
+                                   endpoint="http://127.0.0.1:9090/s/%d?q=\"%d\"" % (number, number),
+                                   secret_key="ü%039d" % (number,))
+               for number in range(30)]
+    await ledger.add(fan_out[:20])
+    await ledger.add(fan_out[20:], leased_until=T + LEASE)
+    claimed = await ledger.claim(T + 1, 100, LEASE)
+    assert sorted(claimed, key=lambda item: item.id) == sorted(fan_out[:20], key=lambda item: item.id)
+    assert [item.due for item in claimed] == [shared.due] * 20
+    again = await ledger.claim(T + LEASE + 0.5, 100, LEASE)
+    assert sorted(ids(again)) == sorted(ids(fan_out[20:]))
 
 
 @pytest_twisted.ensureDeferred
