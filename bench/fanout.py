@@ -83,8 +83,9 @@ async def fan_out_round(reactor: Any, arguments: argparse.Namespace, daemon: Any
     """The bare treq loop as a reference, then one firing to every subscription; the figures."""
     progress("reference: a bare treq loop, %d at a time, %d POSTs to the same receiver",
              arguments.max_in_flight, arguments.reference_posts)
-    reference_rate = await harness.bare_treq_loop(reactor, receiver.url("/slow/reference"),
-                                                  arguments.reference_posts, arguments.max_in_flight)
+    reference = await harness.bare_treq_loop(reactor, receiver.url("/slow/reference"),
+                                             arguments.reference_posts, arguments.max_in_flight)
+    reference_rate = reference.per_s
     receiver.reset()
     pid = daemon.process.pid
     baseline = harness.rss_mb(pid)

@@ -16,6 +16,7 @@ the human summary and one ``BENCH-JSON {...}`` line on stdout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -270,8 +271,16 @@ class RssSampler:
 EVENT_DATA = {"order": 12345, "items": ["a", "b", "c"], "note": "x" * 200}
 
 
-async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -> float:
-    """POST ``count`` times with ``concurrency`` workers on one pool; requests per second."""
+@dataclasses.dataclass(frozen=True)
+class LoopFigures:
+    """What a bare treq loop did: POSTs per second, and this process's CPU per POST."""
+
+    per_s: float
+    cpu_ms_per_post: float
+
+
+async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -> LoopFigures:
+    """POST ``count`` times with ``concurrency`` workers on one pool."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(2, concurrency)
     client = HTTPClient(Agent(reactor, pool=pool))
@@ -294,10 +303,11 @@ async def bare_treq_loop(reactor: Any, url: str, count: int, concurrency: int) -
     machine_before = machine_cpu_seconds()
     await gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)], consumeErrors=True)
     elapsed = time.monotonic() - started
+    cpu_ms = 1000 * (time.process_time() - cpu_started) / count
     progress("bare treq loop: %.3f ms CPU per POST; the machine's cores %.0f %% busy",
-             1000 * (time.process_time() - cpu_started) / count, 100 * machine_busy_share(machine_before))
+             cpu_ms, 100 * machine_busy_share(machine_before))
     await pool.closeCachedConnections()
-    return count / elapsed
+    return LoopFigures(count / elapsed, cpu_ms)
 
 
 # -- set-up through the API ----------------------------------------------------

@@ -13,7 +13,9 @@ In one run, against the same ``bench/receiver.py`` process:
    delivery: all its threads, and its reactor thread alone (the database
    thread's share is the difference);
 5. the bare treq loop again.  Each daemon run is compared with the better
-   of the two bare loops around it.
+   of the two bare loops around it (the target's figure), and its CPU per
+   delivery with the mean of their CPU per POST (the cost side, which the
+   host's swings move less than the rates).
 
 ``--repeat N`` does 3-5 N times (the bare loop of one round is the first of
 the next) and prints the median of each ratio: the host's speed moves by
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -126,12 +129,15 @@ async def main(reactor: Any) -> None:
     url = receiver.url("/bare")
     count = arguments.firings * arguments.subscribers
 
+    bare_cpu: list[float] = []
+
     async def bare_loop() -> float:
         progress("bare treq loop: %d POSTs, %d concurrent", count, arguments.max_in_flight)
         receiver.reset()
-        rate = float(await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight))
-        progress("bare treq loop: %.0f/s", rate)
-        return rate
+        figures = await harness.bare_treq_loop(reactor, url, count, arguments.max_in_flight)
+        progress("bare treq loop: %.0f/s", figures.per_s)
+        bare_cpu.append(figures.cpu_ms_per_post)
+        return figures.per_s
 
     bare = [await bare_loop()]
     progress("wrk: %d connections, %gs", arguments.max_in_flight, arguments.wrk_seconds)
@@ -153,8 +159,12 @@ async def main(reactor: Any) -> None:
                                                     "2 daemons, redis", 2, redis_url)
         bare.append(await bare_loop())
         reference = max(bare[-2:])
+        # The cost side, which the host's speed swings move less than rates:
+        # the daemons' CPU per delivery against the bare loop's per POST.
+        reference_cpu = statistics.mean(bare_cpu[-2:])
         for run in runs.values():
             run["vs_bare"] = round(run["per_s"] / reference, 3)
+            run["cpu_vs_bare"] = round(run["daemon_cpu_ms_per_delivery"] / reference_cpu, 3)
         if "redis" in runs and "redis_x2" in runs:
             runs["redis_x2"]["vs_one_daemon"] = round(runs["redis_x2"]["per_s"] / runs["redis"]["per_s"], 3)
         rounds.append(runs)
@@ -162,6 +172,9 @@ async def main(reactor: Any) -> None:
         "args": vars(arguments), "bare_treq_per_s": [round(b, 1) for b in bare],
         "wrk_per_s": wrk.get("requests_per_s"), "runs": rounds[0], "rounds": rounds,
         "median_vs_bare": {name: harness.median([runs[name]["vs_bare"] for runs in rounds]) for name in rounds[0]},
+        "median_cpu_vs_bare": {name: harness.median([runs[name]["cpu_vs_bare"] for runs in rounds])
+                               for name in rounds[0]},
+        "bare_cpu_ms_per_post": [round(cpu, 3) for cpu in bare_cpu],
         "two_daemons_vs_one": harness.median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
                                       if "vs_one_daemon" in runs.get("redis_x2", {})]),
     })
@@ -175,15 +188,18 @@ def summary_lines(arguments: argparse.Namespace, bare: list[float], wrk: dict[st
     for number, runs in enumerate(rounds, 1):
         prefix = "round %d: " % (number,) if len(rounds) > 1 else ""
         for name, run in runs.items():
-            lines.append("%s%-9s %6.0f deliveries/s  = %5.1f%% of bare treq (target 90%%)  peak RSS %.0f MB"
-                         % (prefix, name, run["per_s"], 100 * run["vs_bare"], run["rss_peak_mb"]))
+            lines.append("%s%-9s %6.0f deliveries/s  = %5.1f%% of bare treq (target 90%%)  peak RSS %.0f MB;"
+                         " CPU per delivery %.2fx the bare loop's per POST"
+                         % (prefix, name, run["per_s"], 100 * run["vs_bare"], run["rss_peak_mb"],
+                            run["cpu_vs_bare"]))
         if "vs_one_daemon" in runs.get("redis_x2", {}):
             lines.append("%stwo daemons / one daemon (redis): %.2fx (target 1.7x)"
                          % (prefix, runs["redis_x2"]["vs_one_daemon"]))
     if len(rounds) > 1:
         for name in rounds[0]:
-            lines.append("median over %d rounds, %s: %.1f%% of bare treq"
-                         % (len(rounds), name, 100 * (harness.median([runs[name]["vs_bare"] for runs in rounds]) or 0)))
+            lines.append("median over %d rounds, %s: %.1f%% of bare treq; CPU per delivery %.2fx"
+                         % (len(rounds), name, 100 * (harness.median([runs[name]["vs_bare"] for runs in rounds]) or 0),
+                            harness.median([runs[name]["cpu_vs_bare"] for runs in rounds]) or 0))
         two = harness.median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
                       if "vs_one_daemon" in runs.get("redis_x2", {})])
         if two is not None:
