@@ -446,20 +446,29 @@ async def test_ledger_outage_is_retried_without_crashing() -> None:
     await unit.stop()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_ledger_blip_after_an_attempt_is_retried() -> None:
-    """If the ledger is unreachable for a moment when an attempt ends, its update is retried: no resend."""
+async def answered_during_a_ledger_blip(status: int) -> tuple[Unit, dict[str, Any]]:
+    """A unit whose one delivery is answered ``status`` at t=0 while the
+    ledger is unreachable, until t=2; at t=3, with the firing."""
     unit = await Unit().start()
     unit.receiver.hanging.add("/account/endpoint")
     firing = await unit.fire()
     unit.ledger.available = False
+    unit.receiver.hanging.clear()
     [request] = unit.receiver.held
+    request.setResponseCode(status)
     request.finish()
     unit.stub.flush()
     unit.clock.advance(1)
     unit.clock.advance(1)
     unit.ledger.available = True
     unit.clock.advance(1)
+    return unit, firing
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ledger_blip_after_an_attempt_is_retried() -> None:
+    """If the ledger is unreachable for a moment when an attempt ends, its update is retried: no resend."""
+    unit, firing = await answered_during_a_ledger_blip(200)
     assert await unit.ledger.count() == 0
     for _ in range(5):
         unit.clock.advance(100)
@@ -520,19 +529,7 @@ async def test_fan_out_one_delivery_per_subscription_row() -> None:
 async def test_a_retry_rescheduled_after_a_ledger_blip_goes_out_on_time() -> None:
     """A failed attempt whose reschedule waits out a ledger blip is still
     retried at its due time (the timer is set once the reschedule is in)."""
-    unit = await Unit().start()
-    unit.receiver.hanging.add("/account/endpoint")
-    firing = await unit.fire()
-    unit.ledger.available = False
-    unit.receiver.hanging.clear()
-    [request] = unit.receiver.held
-    request.setResponseCode(500)
-    request.finish()
-    unit.stub.flush()
-    unit.clock.advance(1)
-    unit.clock.advance(1)
-    unit.ledger.available = True
-    unit.clock.advance(1)
+    unit, firing = await answered_during_a_ledger_blip(500)
     assert await unit.ledger.count() == 1
     unit.clock.advance(116.9)
     assert unit.receiver.times() == [0]
