@@ -538,4 +538,3 @@ class DeliveryScheduler(Service):
         if not task.called:
             self._background.add(task)
             task.addBoth(lambda _: self._background.discard(task))
-

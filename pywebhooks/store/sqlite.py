@@ -599,7 +599,8 @@ class SQLiteStore:
     def inserting_firing(self, firing: Record,
                          deliveries: list[Record]) -> Callable[[sqlite3.Connection], None]:
         """The statements of ``insert_firing``, for a transaction of the
-        caller's: the deliveries go in as one JSON array, in one statement."""
+        caller's: the deliveries go in with one statement, the fields they
+        all share bound once and the others as one JSON array of rows."""
         firing_values = bindings("firing", firing)
         for delivery in deliveries:
             check_record("delivery", delivery)
