@@ -8,6 +8,7 @@ restarted daemon, or a second daemon sharing the backend.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -223,3 +224,12 @@ async def test_large_batches(ledgers: LedgerFactory) -> None:
     first = await ledger.claim(T + 10_000, 1000, LEASE)
     assert ids(first) == ids(added[:1000])
     assert await ledger.next_due() == T + 1000
+
+
+def test_a_list_of_entries_serialises_as_each_entry_does() -> None:
+    """``list_to_json`` is the array of the entries' ``to_json`` objects, and
+    each comes back whole."""
+    entries = [entry(T), entry(T + 0.123456789012, body='{"é": "\\u2603"}', attempt=2)]
+    listed = json.loads(PendingDelivery.list_to_json(entries))
+    assert listed == [json.loads(item.to_json()) for item in entries]
+    assert [PendingDelivery(**fields) for fields in listed] == entries

@@ -451,8 +451,7 @@ class DeliveryScheduler(Service):
         recorder updated it in the same write."""
         if not ledger_updated:
             return self._update_ledger(entry, retry, leased_until)
-        if retry is not None:
-            self._set_timer(retry.due)
+        self._ledger_updated(None, retry)
         return None
 
     def _not_recorded(self, failure: Failure, entry: PendingDelivery, retry: PendingDelivery | None,

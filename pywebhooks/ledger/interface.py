@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Iterable
 
 from zope.interface import Interface
 
@@ -44,6 +44,12 @@ class PendingDelivery:
     def to_json(self) -> str:
         """Serialise for a ledger backend."""
         return json.dumps(vars(self), sort_keys=True)
+
+    @staticmethod
+    def list_to_json(entries: Iterable[PendingDelivery]) -> str:
+        """Entries as one JSON array of their ``to_json`` objects, in one
+        encoder pass (for backends that take a batch as one array)."""
+        return json.dumps([vars(entry) for entry in entries], sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PendingDelivery:

@@ -87,11 +87,6 @@ _RELEASE = (
 )
 
 
-def _entries_json(entries: Iterable[PendingDelivery]) -> str:
-    """Entries as one JSON array of their ``to_json`` objects."""
-    return json.dumps([vars(entry) for entry in entries], sort_keys=True)
-
-
 def net_updates(updates: Sequence[LedgerUpdate]) -> tuple[list[str], list[PendingDelivery]]:
     """``(ids to finish, entries to reschedule)`` with the effect of applying
     ``updates`` one by one: a finished entry stays gone (a later reschedule
@@ -135,7 +130,7 @@ class SQLiteLedger:
                leased_until: float | None = None) -> Callable[[sqlite3.Connection], None]:
         """The statements of ``add``, to run in a transaction of the caller's
         on the same database (a firing and its ledger entries commit together)."""
-        arguments = (leased_until, 0 if leased_until is None else 1, _entries_json(entries))
+        arguments = (leased_until, 0 if leased_until is None else 1, PendingDelivery.list_to_json(entries))
 
         def insert(connection: sqlite3.Connection) -> None:
             connection.execute(_ADD, arguments)
@@ -182,7 +177,7 @@ class SQLiteLedger:
         transaction of the caller's: one ``DELETE`` and one ``UPDATE``."""
         finished, rescheduled = net_updates(updates)
         finished_ids = json.dumps(finished)
-        rescheduled_entries = _entries_json(rescheduled)
+        rescheduled_entries = PendingDelivery.list_to_json(rescheduled)
 
         def update(connection: sqlite3.Connection) -> None:
             if finished:
