@@ -17,8 +17,8 @@ def attempt(number: int, ok: bool) -> dict[str, Any]:
 
 
 def write(delivery_id: str, account_id: str, number: int, ok: bool, final: bool = False) -> AttemptWrite:
-    """One attempt to log."""
-    return AttemptWrite(delivery_id, account_id, attempt(number, ok), final)
+    """One attempt to log (of firing ``f``)."""
+    return AttemptWrite("f", delivery_id, account_id, attempt(number, ok), final)
 
 
 def test_layers_name_each_delivery_once_and_keep_its_order() -> None:

@@ -98,7 +98,7 @@ async def test_a_recorded_firing_is_listed_and_its_entries_wait_leased(tmp_path:
 @pytest.mark.parametrize("shared", [True, False], ids=["one-file", "two-files"])
 @pytest_twisted.ensureDeferred
 async def test_a_firing_the_store_refuses_leaves_no_ledger_entry(tmp_path: Path, shared: bool) -> None:
-    """When the store refuses the firing (here a delivery id already used),
+    """When the store refuses the firing (here a delivery id it repeats),
     none of its entries stays in the ledger: nothing is sent for a firing
     that the API answered with an error."""
     async with sqlite_pair(tmp_path, shared) as (store, ledger):
@@ -107,7 +107,7 @@ async def test_a_firing_the_store_refuses_leaves_no_ledger_entry(tmp_path: Path,
         first, first_deliveries, first_entries = planned(world, 1)
         await recorder.record(first, first_deliveries, first_entries, LEASED_UNTIL)
         second, deliveries, entries = planned(world, 3)
-        deliveries[2]["id"] = first_deliveries[0]["id"]
+        deliveries[2]["id"] = deliveries[0]["id"]
         with pytest.raises(StoreError):
             await recorder.record(second, deliveries, entries, LEASED_UNTIL)
         assert [row["id"] for row in (await store.list_firings(0, 10)).rows] == [first["id"]]

@@ -77,7 +77,7 @@ async def test_attempt_records_are_group_committed_and_counted_in_call_order(tmp
         before = database.transactions
         attempt = {"attempt": 0, "at": T, "ok": False, "status_code": 500, "error": None,
                    "duration": 0.1}
-        writes = [ensureDeferred(store.record_attempt(item.id, "a1", attempt, False))
+        writes = [ensureDeferred(store.record_attempt(item.firing_id, item.id, "a1", attempt, False))
                   for item in added]
         results = await gatherResults(writes)
         assert database.transactions - before <= 2

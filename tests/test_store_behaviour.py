@@ -22,7 +22,7 @@ from pywebhooks import records
 from pywebhooks.errors import DatabaseMissing, DuplicateUsername, StoreError, StoreUnavailable
 from pywebhooks.records import Page, WriteResult
 from pywebhooks.store.interface import IStore
-from pywebhooks.store import sqlite as sqlite_store
+from pywebhooks.store import attempt_log, sqlite as sqlite_store
 from pywebhooks.store.sqlite import PageCursors, SQLiteStore
 from tests.support.stores import STORES, sqlite_database
 
@@ -588,10 +588,12 @@ async def test_deliveries_of_one_firing_may_differ_in_any_field(store: IStore) -
 
 @pytest_twisted.ensureDeferred
 async def test_insert_firing_is_all_or_nothing(store: IStore) -> None:
-    """When one delivery cannot be stored, neither the firing nor any delivery is."""
+    """When one delivery cannot be stored (its id repeats one of its firing's),
+    neither the firing nor any delivery is."""
     fired, deliveries, s = await _fired(store)
     again = firing(fired["registration_id"])
-    clash = [delivery(again, s["to_john"][0]), dict(deliveries[0], firing_id=again["id"])]
+    first = delivery(again, s["to_john"][0])
+    clash = [first, dict(delivery(again, s["to_john"][1]), id=first["id"])]
     with pytest.raises(StoreError):
         await store.insert_firing(again, clash)
     assert _ids(await _all(store.list_firings)) == [fired["id"]]
@@ -610,21 +612,21 @@ async def test_record_attempt_counts_failures(store: IStore) -> None:
     fired, deliveries, s = await _fired(store)
     first, second = deliveries[0], deliveries[1]
     john = first["account_id"]
-    assert await store.record_attempt(first["id"], john, attempt(1, False), False) == 1
-    assert await store.record_attempt(first["id"], john, attempt(2, False), False) == 2
+    assert await store.record_attempt(fired["id"], first["id"], john, attempt(1, False), False) == 1
+    assert await store.record_attempt(fired["id"], first["id"], john, attempt(2, False), False) == 2
     assert (await store.get_account(john))["failed_count"] == 2
     now = {d["id"]: d for d in await store.get_deliveries(fired["id"])}
     assert now[first["id"]]["state"] == "pending"
     assert now[first["id"]]["attempts"] == [attempt(1, False), attempt(2, False)]
 
-    assert await store.record_attempt(first["id"], john, attempt(3, False), True) == 3
+    assert await store.record_attempt(fired["id"], first["id"], john, attempt(3, False), True) == 3
     now = {d["id"]: d for d in await store.get_deliveries(fired["id"])}
     assert now[first["id"]]["state"] == "failed"
     assert len(now[first["id"]]["attempts"]) == 3
 
     jane = second["account_id"]
-    await store.record_attempt(second["id"], jane, attempt(1, False), False)
-    assert await store.record_attempt(second["id"], jane, attempt(2, True), False) == 0
+    await store.record_attempt(fired["id"], second["id"], jane, attempt(1, False), False)
+    assert await store.record_attempt(fired["id"], second["id"], jane, attempt(2, True), False) == 0
     now = {d["id"]: d for d in await store.get_deliveries(fired["id"])}
     assert now[second["id"]]["state"] == "delivered"
     assert now[second["id"]]["attempts"] == [attempt(1, False), attempt(2, True)]
@@ -638,10 +640,25 @@ async def test_record_attempt_without_account(store: IStore) -> None:
     fired, deliveries, s = await _fired(store)
     target = deliveries[3]
     await store.delete_non_admin_accounts()
-    assert await store.record_attempt(target["id"], target["account_id"],
+    assert await store.record_attempt(fired["id"], target["id"], target["account_id"],
                                       attempt(1, False), True) is None
     (logged,) = [d for d in await store.get_deliveries(fired["id"]) if d["id"] == target["id"]]
     assert logged["state"] == "failed" and logged["attempts"] == [attempt(1, False)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_attempt_names_a_delivery_by_its_firing_and_id(store: IStore) -> None:
+    """An attempt names its delivery within its firing: named with another
+    firing, it is logged on no delivery of either."""
+    fired, deliveries, s = await _fired(store)
+    other = firing(fired["registration_id"])
+    await store.insert_firing(other, [])
+    target = deliveries[0]
+    await store.record_attempt(other["id"], target["id"], target["account_id"], attempt(1, True), False)
+    assert await store.get_deliveries(fired["id"]) == deliveries
+    await store.record_attempt(fired["id"], target["id"], target["account_id"], attempt(2, True), False)
+    (logged, *_) = await store.get_deliveries(fired["id"])
+    assert (logged["state"], logged["attempts"]) == ("delivered", [attempt(2, True)])
 
 
 @pytest_twisted.ensureDeferred
@@ -651,7 +668,7 @@ async def test_record_attempt_is_atomic(store: IStore) -> None:
     target = deliveries[0]
     counts = await gatherResults([
         ensureDeferred(store.record_attempt(
-            d["id"], target["account_id"], attempt(n, False), False))
+            fired["id"], d["id"], target["account_id"], attempt(n, False), False))
         for n in range(40) for d in (target, deliveries[1])
     ])
     assert sorted(counts) == list(range(1, 81))
@@ -676,6 +693,32 @@ async def _sqlite(path: Path | str, initialize: bool = True) -> SQLiteStore:
     else:
         await store.open()
     return store
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_logs_attempts_in_a_database_made_before_deliveries_lookup(db_path: Path) -> None:
+    """A database from before the ``deliveries_lookup`` index (delivery ids
+    had a unique index of their own) still logs attempts, each found by that
+    index rather than by a walk through its firing's deliveries."""
+    store = await _sqlite(db_path)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as connection:
+        connection.execute("DROP INDEX deliveries_lookup")
+        connection.execute("CREATE UNIQUE INDEX earlier_ids ON deliveries (id)")
+        connection.commit()
+    store = await _sqlite(db_path, initialize=False)
+    try:
+        fired, deliveries, _ = await _fired(store)
+        target = deliveries[1]
+        await store.record_attempt(fired["id"], target["id"], target["account_id"], attempt(1, True), False)
+        logged = {d["id"]: d for d in await store.get_deliveries(fired["id"])}
+        assert logged[target["id"]]["attempts"] == [attempt(1, True)]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as connection:
+        plan = " ".join(row[3] for row in connection.execute(
+            "EXPLAIN QUERY PLAN " + attempt_log._LOG_ATTEMPTS, ("[]",)))
+    assert "SEARCH deliveries USING INDEX earlier_ids" in plan, plan
 
 
 @pytest_twisted.ensureDeferred
@@ -857,7 +900,7 @@ async def test_sqlite_queries_use_indexes(db_path: Path) -> None:
         await store.list_accounts(4, 2)
         await store.subscribers(s["johns"]["id"])
         await store.get_deliveries(fired["id"])
-        await store.record_attempt(deliveries[0]["id"], john, attempt(1, False), False)
+        await store.record_attempt(fired["id"], deliveries[0]["id"], john, attempt(1, False), False)
         await store.delete_subscription(s["to_jane"]["id"])
         await store.delete_registration(s["janes"]["id"])
         await store.delete_account(john)

@@ -102,7 +102,8 @@ class SeparateWrites:
     def record_outcome(self, entry: PendingDelivery, attempt: dict[str, Any], final: bool,
                        retry: PendingDelivery | None) -> Deferred[bool]:
         """See ``IFiringRecorder.record_outcome``: the store only."""
-        logged = maybeDeferred(self._store.record_attempt, entry.id, entry.account_id, attempt, final)
+        logged = maybeDeferred(self._store.record_attempt, entry.firing_id, entry.id, entry.account_id,
+                               attempt, final)
         return logged.addCallback(lambda _: False)
 
     async def _forget(self, entries: list[PendingDelivery]) -> None:
@@ -163,7 +164,8 @@ class OneTransaction:
 
     async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
         log = logging_attempts([
-            AttemptWrite(outcome.entry.id, outcome.entry.account_id, outcome.attempt, outcome.final)
+            AttemptWrite(outcome.entry.firing_id, outcome.entry.id, outcome.entry.account_id, outcome.attempt,
+                         outcome.final)
             for outcome in outcomes])
         update = self._ledger.updating([(outcome.entry.id, outcome.retry) for outcome in outcomes])
         await self._store.transaction(in_sequence(log, update), "delivery")

@@ -9,9 +9,10 @@ the attempts it held stayed busy meanwhile (``bench/RESULTS.md``, ninth
 pass).  So a batch is handed to SQLite as one JSON array and written by
 set-based statements, whatever its size:
 
-- the attempts are appended to their deliveries' logs by one ``UPDATE ...
-  FROM json_each(?)`` (one more for each further attempt of one delivery in
-  the batch: a delivery named twice gets its two attempts in order);
+- the attempts are appended to their deliveries' logs (each delivery found
+  by its firing and id) by one ``UPDATE ... FROM json_each(?)`` (one more
+  for each further attempt of one delivery in the batch: a delivery named
+  twice gets its two attempts in order);
 - the subscribers' ``failed_count`` values are read in one statement,
   counted forward in Python in the batch's order (each attempt gets the
   count it left, as if the attempts had been written one by one), and
@@ -27,9 +28,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 _LOG_ATTEMPTS = (
     "UPDATE deliveries"
-    " SET state = coalesce(json_extract(batch.value, '$[1]'), deliveries.state),"
-    " attempts = json_insert(deliveries.attempts, '$[#]', json_extract(batch.value, '$[2]'))"
-    " FROM json_each(?) AS batch WHERE deliveries.id = json_extract(batch.value, '$[0]')"
+    " SET state = coalesce(json_extract(batch.value, '$[2]'), deliveries.state),"
+    " attempts = json_insert(deliveries.attempts, '$[#]', json_extract(batch.value, '$[3]'))"
+    " FROM json_each(?) AS batch WHERE deliveries.firing_id = json_extract(batch.value, '$[0]')"
+    " AND deliveries.id = json_extract(batch.value, '$[1]')"
 )
 
 _READ_COUNTS = (
@@ -47,6 +49,7 @@ _WRITE_COUNTS = (
 class AttemptWrite:
     """One attempt to log: the arguments of ``IStore.record_attempt``."""
 
+    firing_id: str
     delivery_id: str
     account_id: str
     attempt: Mapping[str, Any]
@@ -93,7 +96,7 @@ def counted_forward(counts: dict[str, int], writes: Iterable[AttemptWrite]) -> l
 def logging_attempts(writes: Sequence[AttemptWrite]) -> Callable[[sqlite3.Connection], list[int | None]]:
     """The statements that log ``writes``, for a transaction of the caller's;
     it answers each write's new ``failed_count`` (None when its account is gone)."""
-    logs = [json.dumps([[write.delivery_id, write.state, write.attempt] for write in layer])
+    logs = [json.dumps([[write.firing_id, write.delivery_id, write.state, write.attempt] for write in layer])
             for layer in layers(writes)]
     account_ids = json.dumps(sorted({write.account_id for write in writes}))
 

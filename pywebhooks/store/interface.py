@@ -131,7 +131,9 @@ class IStore(Interface):
 
     def insert_firing(firing, deliveries):
         """Record a firing and its delivery records together (one transaction
-        where the backend has them)."""
+        where the backend has them).  A delivery id repeated within the firing
+        is refused; ids are random UUID4s, so they do not repeat across
+        firings either (only some stores check that)."""
 
     def list_firings(start, limit, owner_id=None):
         """A ``Page`` of firings; only firings of registrations owned by
@@ -140,9 +142,10 @@ class IStore(Interface):
     def get_deliveries(firing_id):
         """The delivery records of one firing, in creation order."""
 
-    def record_attempt(delivery_id, account_id, attempt, final):
-        """Append ``attempt`` to the delivery's log and update its state
-        (``delivered`` if ``attempt["ok"]``, ``failed`` if not and ``final``),
-        and atomically set the subscriber's ``failed_count`` to 0 on success or
-        add 1 on failure.  Returns the new failed_count (None if the account is
-        gone)."""
+    def record_attempt(firing_id, delivery_id, account_id, attempt, final):
+        """Append ``attempt`` to the log of delivery ``delivery_id`` of firing
+        ``firing_id`` and update its state (``delivered`` if ``attempt["ok"]``,
+        ``failed`` if not and ``final``); nothing is logged when the firing has
+        no such delivery.  Atomically set the subscriber's ``failed_count`` to 0
+        on success or add 1 on failure.  Returns the new failed_count (None if
+        the account is gone)."""

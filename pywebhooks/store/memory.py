@@ -368,11 +368,11 @@ class MemoryStore:
         ]
 
     async def record_attempt(
-        self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
+        self, firing_id: str, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
     ) -> int | None:
         """Log ``attempt`` on the delivery and count it on the subscriber."""
         delivery = self._deliveries.get(delivery_id)
-        if delivery is not None:
+        if delivery is not None and delivery["firing_id"] == firing_id:
             delivery["attempts"].append(normalize("attempts", attempt))
             delivery["state"] = delivery_state(delivery["state"], attempt, final)
         account = self._accounts.get(account_id)

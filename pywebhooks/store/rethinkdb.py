@@ -885,7 +885,7 @@ class RethinkDBStore:
         return [to_record("delivery", row) for row in rows]
 
     async def record_attempt(
-        self, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
+        self, firing_id: str, delivery_id: str, account_id: str, attempt: Mapping[str, Any], final: bool
     ) -> int | None:
         """Append ``attempt`` to the delivery and count it on the subscriber; both are
         single-document server-side updates, so concurrent attempts never lose one."""
@@ -897,7 +897,7 @@ class RethinkDBStore:
             changes = {"attempts": delivery["attempts"].append(entry)}
             if state != "pending":
                 changes["state"] = state
-            return changes
+            return r.branch(delivery["firing_id"] == firing_id, changes, {})
 
         def count(account: Any) -> Any:
             return {"failed_count": 0 if attempt["ok"] else account["failed_count"].add(1)}
