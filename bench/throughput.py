@@ -166,7 +166,12 @@ async def main(reactor: Any) -> None:
             run["vs_bare"] = round(run["per_s"] / reference, 3)
             run["cpu_vs_bare"] = round(run["daemon_cpu_ms_per_delivery"] / reference_cpu, 3)
         if "redis" in runs and "redis_x2" in runs:
-            runs["redis_x2"]["vs_one_daemon"] = round(runs["redis_x2"]["per_s"] / runs["redis"]["per_s"], 3)
+            one, two = runs["redis"], runs["redis_x2"]
+            two["vs_one_daemon"] = round(two["per_s"] / one["per_s"], 3)
+            # What sharing costs each delivery (1.0: nothing), apart from
+            # the cores the rest of the machine leaves the daemons.
+            two["cpu_vs_one_daemon"] = round(two["daemon_cpu_ms_per_delivery"]
+                                             / one["daemon_cpu_ms_per_delivery"], 3)
         rounds.append(runs)
     harness.summary("throughput", summary_lines(arguments, bare, wrk, rounds), {
         "args": vars(arguments), "bare_treq_per_s": [round(b, 1) for b in bare],
@@ -175,9 +180,14 @@ async def main(reactor: Any) -> None:
         "median_cpu_vs_bare": {name: harness.median([runs[name]["cpu_vs_bare"] for runs in rounds])
                                for name in rounds[0]},
         "bare_cpu_ms_per_post": [round(cpu, 3) for cpu in bare_cpu],
-        "two_daemons_vs_one": harness.median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
-                                      if "vs_one_daemon" in runs.get("redis_x2", {})]),
+        "two_daemons_vs_one": two_daemon_median(rounds, "vs_one_daemon"),
+        "two_daemons_cpu_vs_one": two_daemon_median(rounds, "cpu_vs_one_daemon"),
     })
+
+
+def two_daemon_median(rounds: list[dict[str, dict[str, Any]]], key: str) -> float | None:
+    """The median of a two-daemon figure over the rounds that have it."""
+    return harness.median([runs["redis_x2"][key] for runs in rounds if key in runs.get("redis_x2", {})])
 
 
 def summary_lines(arguments: argparse.Namespace, bare: list[float], wrk: dict[str, Any],
@@ -193,17 +203,19 @@ def summary_lines(arguments: argparse.Namespace, bare: list[float], wrk: dict[st
                          % (prefix, name, run["per_s"], 100 * run["vs_bare"], run["rss_peak_mb"],
                             run["cpu_vs_bare"]))
         if "vs_one_daemon" in runs.get("redis_x2", {}):
-            lines.append("%stwo daemons / one daemon (redis): %.2fx (target 1.7x)"
-                         % (prefix, runs["redis_x2"]["vs_one_daemon"]))
+            lines.append("%stwo daemons / one daemon (redis): %.2fx (target 1.7x); their CPU per delivery"
+                         " %.2fx one daemon's; the machine's cores %.0f %% busy (one daemon: %.0f %%)"
+                         % (prefix, runs["redis_x2"]["vs_one_daemon"], runs["redis_x2"]["cpu_vs_one_daemon"],
+                            100 * runs["redis_x2"]["machine_busy"], 100 * runs["redis"]["machine_busy"]))
     if len(rounds) > 1:
         for name in rounds[0]:
             lines.append("median over %d rounds, %s: %.1f%% of bare treq; CPU per delivery %.2fx"
                          % (len(rounds), name, 100 * (harness.median([runs[name]["vs_bare"] for runs in rounds]) or 0),
                             harness.median([runs[name]["cpu_vs_bare"] for runs in rounds]) or 0))
-        two = harness.median([runs["redis_x2"]["vs_one_daemon"] for runs in rounds
-                      if "vs_one_daemon" in runs.get("redis_x2", {})])
+        two = two_daemon_median(rounds, "vs_one_daemon")
         if two is not None:
-            lines.append("median over %d rounds, two daemons / one daemon: %.2fx" % (len(rounds), two))
+            lines.append("median over %d rounds, two daemons / one daemon: %.2fx; their CPU per delivery %.2fx"
+                         % (len(rounds), two, two_daemon_median(rounds, "cpu_vs_one_daemon") or 0))
     return lines
 
 
