@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import harness
+import rawhttp
 from harness import progress
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from tests.support.daemon import Daemon
+from twisted.internet.defer import Deferred, gatherResults
 
 
 def wrk_post(url: str, connections: int, seconds: float, directory: Path) -> dict[str, Any]:
@@ -45,6 +47,32 @@ def wrk_post(url: str, connections: int, seconds: float, directory: Path) -> dic
     script.write_text('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
                       % (json.dumps(body),))
     return harness.run_wrk(url, connections, seconds, script=str(script))
+
+
+async def fire(reactor: Any, daemons: list[Daemon], owner: dict[str, Any], registration_id: str,
+               firings: int, concurrency: int) -> None:
+    """Fire the registration ``firings`` times, split evenly between the
+    daemons, over ``concurrency`` kept-open connections (``rawhttp``)."""
+    path = "/v1/webhook/triggered/" + registration_id
+    credentials = {"Content-Type": "application/json", "username": owner["username"], "api-key": owner["api_key"]}
+    remaining = [firings // len(daemons) + (1 if index < firings % len(daemons) else 0)
+                 for index in range(len(daemons))]
+
+    async def worker(index: int) -> None:
+        daemon = daemons[index % len(daemons)]
+        request = rawhttp.post_request(daemon.port, path, credentials)
+        connection = await rawhttp.connect(reactor, daemon.port)
+        try:
+            while remaining[index % len(daemons)] > 0:
+                remaining[index % len(daemons)] -= 1
+                status, body = await connection.request(request)
+                if status != 201:
+                    raise RuntimeError("a trigger answered %d: %r" % (status, body[:300]))
+        finally:
+            connection.close()
+
+    await gatherResults([Deferred.fromCoroutine(worker(index)) for index in range(concurrency)],
+                        consumeErrors=True)
 
 
 async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harness.ReceiverProcess,
@@ -64,10 +92,6 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
         api, first.admin, lambda i: receiver.url("/hook/%d" % (i,)), accounts, arguments.subscribers)
     receiver.reset()
     expected = arguments.firings * arguments.subscribers
-    # Connections kept open: the benchmark process shares the cores with
-    # the daemons, and a connection per trigger cost it (and them) more.
-    apis = [daemon.api(persistent=True) for daemon in started]
-    semaphore = DeferredSemaphore(arguments.trigger_concurrency)
     progress("%s: firing %d times x %d subscribers = %d deliveries", label, arguments.firings,
              arguments.subscribers, expected)
     first_trigger = time.time()
@@ -77,11 +101,7 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
     sampler = harness.RssSampler(reactor, first.process.pid)  # type: ignore[union-attr]
     profile = directory / ("pyspy-%d.txt" % (daemons,))
     spy = harness.start_pyspy(first.process.pid, profile, 6) if arguments.profile else None  # type: ignore[union-attr]
-    triggers = [
-        semaphore.run(lambda n=n: Deferred.fromCoroutine(apis[n % daemons].trigger(owner, registration_id)))
-        for n in range(arguments.firings)
-    ]
-    await gatherResults(triggers, consumeErrors=True)
+    await fire(reactor, started, owner, registration_id, arguments.firings, arguments.trigger_concurrency)
     triggers_done = time.time() - first_trigger
     posts, last = await harness.wait_for_posts(reactor, [receiver], expected, arguments.timeout, label)
     peak = sampler.stop()
@@ -99,8 +119,6 @@ async def daemon_run(reactor: Any, arguments: argparse.Namespace, receiver: harn
     progress("%s: %d deliveries in %.2fs = %.0f/s (triggers took %.2fs); daemon CPU %.3f ms per delivery,"
              " of which its reactor thread %.3f ms; the machine's cores %.0f %% busy", label, posts, elapsed,
              rate, triggers_done, 1000 * cpu / max(1, posts), reactor_ms, 100 * machine_busy)
-    for client in apis:
-        await client.close()
     for daemon in started:
         await daemon.terminate(timeout=30)
     return {"deliveries": posts, "expected": expected, "seconds": round(elapsed, 3),

@@ -5,10 +5,13 @@ slashes, HEAD, and mounting under a sub-path of another site."""
 from __future__ import annotations
 
 import hashlib
+import json
+import socket
 from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import succeed
+from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -216,6 +219,48 @@ async def test_head_is_get_without_a_body() -> None:
         reply = await api.call("HEAD", "/v1/accounts?start=0&limit=5", account=api.admin)
         assert reply.status == 200 and reply.body == b""
         assert reply.header("content-type") == "application/json"
+
+
+def _raw_exchange(base_url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """One request on a fresh connection, as bytes; everything the server sent
+    back before closing it (blocking: run it in a thread)."""
+    port = int(base_url.rsplit(":", 1)[1])
+    lines = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1", "Connection: close",
+             "Content-Type: application/json", "Content-Length: %d" % (len(body),)]
+    lines += ["%s: %s" % item for item in headers.items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest_twisted.ensureDeferred
+async def test_json_answers_say_their_length() -> None:
+    """Every JSON answer, an error or one given after the store answered,
+    carries its Content-Length instead of being sent in chunks."""
+    async with running_api() as api:
+        john = await api.new_account("john")
+        registration = await api.call("POST", "/v1/webhook/registration", account=john,
+                                      json={"event": "e", "description": "d", "event_data": {}})
+        credentials = {"username": john["username"], "api-key": john["api_key"]}
+        exchanges = [
+            ("POST", "/v1/webhook/registration", b'{"event": "e", "description": "d", "event_data": {}}', 201),
+            ("GET", "/v1/account/" + john["id"], b"", 200),
+            ("POST", "/v1/webhook/triggered/" + registration.json()["id"], b"", 201),
+            ("GET", "/v1/nowhere", b"", 404),
+            ("GET", "/v1/account/" + UNKNOWN, b"", 403),
+        ]
+        for method, path, body, status in exchanges:
+            raw = await deferToThread(_raw_exchange, api.base_url, method, path, credentials, body)
+            head, _, answer = raw.partition(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            found = dict(line.lower().split(": ", 1) for line in header_lines)
+            assert int(status_line.split()[1]) == status, raw
+            assert found.get("content-length") == str(len(answer)), raw
+            assert "transfer-encoding" not in found, raw
+            json.loads(answer)
 
 
 @pytest_twisted.ensureDeferred

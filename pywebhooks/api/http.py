@@ -44,11 +44,16 @@ class ApiError(Exception):
 
 
 def json_response(request: IRequest, status: int, body: Any) -> bytes:
-    """Set ``status`` and the JSON headers; the bytes of ``body`` (sorted keys)."""
+    """Set ``status`` and the JSON headers; the bytes of ``body`` (sorted keys).
+
+    The answer says its length: without it, an answer a route gives after
+    waiting (for the store, say) would go out in chunked transfer coding."""
+    payload = json.dumps(body, sort_keys=True).encode("ascii")
     request.setResponseCode(status)
     request.setHeader(b"content-type", JSON_TYPE)
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, sort_keys=True).encode("ascii")
+    request.setHeader(b"content-length", b"%d" % (len(payload),))
+    return payload
 
 
 def error_response(request: IRequest, error: ApiError) -> bytes:
