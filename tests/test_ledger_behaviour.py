@@ -83,6 +83,26 @@ async def test_a_fan_out_comes_back_whole(ledgers: LedgerFactory) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_thousands_added_and_finished_at_once(ledgers: LedgerFactory) -> None:
+    """A fan-out of thousands, leased or not, and thousands of finishes
+    settled together (past any chunk a backend splits a batch into) leave
+    exactly the entries not finished."""
+    ledger = await ledgers.open_ledger()
+    due = [entry(T + number / 1000) for number in range(2500)]
+    leased = [entry(T) for _ in range(1500)]
+    await ledger.add(due)
+    await ledger.add(leased, leased_until=T + LEASE)
+    assert await ledger.count() == 4000
+    finished = due[:1200] + leased[:900]
+    await gatherResults([ensureDeferred(ledger.finish(item.id)) for item in finished])
+    assert await ledger.count() == 1900
+    claimed = await ledger.claim(T + 10, 5000, LEASE)
+    assert ids(claimed) == ids(due[1200:])
+    lapsed = await ledger.claim(T + LEASE + 0.5, 5000, LEASE)
+    assert sorted(ids(lapsed)) == sorted(ids(leased[900:]))
+
+
+@pytest_twisted.ensureDeferred
 async def test_claim_returns_due_entries_earliest_first_whole(ledgers: LedgerFactory) -> None:
     """A claim hands back only due entries, earliest first, exactly as added."""
     ledger = await ledgers.open_ledger()

@@ -41,18 +41,34 @@ from pywebhooks.batching import GroupCommit
 from pywebhooks.errors import StoreUnavailable
 from pywebhooks.ledger.interface import ILedger, PendingDelivery
 
+# Adds and finishes name many entries at once (a fan-out, a group commit):
+# each Redis command takes a chunk of them rather than one entry each, so
+# Redis dispatches (and appends to its log) a few commands per chunk instead
+# of four per entry.  A chunk stays well under Lua's limit of values that
+# ``unpack`` can pass.
 _ADD = """
-local lease, holder = ARGV[1], ARGV[2]
-for i = 3, #ARGV, 3 do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+local lease, holder, chunk = ARGV[1], ARGV[2], 1000
+for first = 3, #ARGV, 3 * chunk do
+  local payloads, ids, scores, holders = {}, {}, {}, {}
+  for i = first, math.min(first + 3 * chunk - 1, #ARGV), 3 do
+    local id = ARGV[i]
+    payloads[#payloads + 1] = id
+    payloads[#payloads + 1] = ARGV[i + 2]
+    ids[#ids + 1] = id
+    scores[#scores + 1] = lease == '' and ARGV[i + 1] or lease
+    scores[#scores + 1] = id
+    holders[#holders + 1] = id
+    holders[#holders + 1] = holder
+  end
+  redis.call('HSET', KEYS[3], unpack(payloads))
   if lease == '' then
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    redis.call('HDEL', KEYS[4], ARGV[i])
-    redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+    redis.call('ZREM', KEYS[2], unpack(ids))
+    redis.call('HDEL', KEYS[4], unpack(ids))
+    redis.call('ZADD', KEYS[1], unpack(scores))
   else
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('ZADD', KEYS[2], lease, ARGV[i])
-    redis.call('HSET', KEYS[4], ARGV[i], holder)
+    redis.call('ZREM', KEYS[1], unpack(ids))
+    redis.call('ZADD', KEYS[2], unpack(scores))
+    redis.call('HSET', KEYS[4], unpack(holders))
   end
 end
 return (#ARGV - 2) / 3
@@ -105,11 +121,13 @@ return stored
 """
 
 _FINISH = """
-for i = 1, #ARGV do
-  redis.call('HDEL', KEYS[3], ARGV[i])
-  redis.call('ZREM', KEYS[1], ARGV[i])
-  redis.call('ZREM', KEYS[2], ARGV[i])
-  redis.call('HDEL', KEYS[4], ARGV[i])
+local chunk = 1000
+for first = 1, #ARGV, chunk do
+  local last = math.min(first + chunk - 1, #ARGV)
+  redis.call('HDEL', KEYS[3], unpack(ARGV, first, last))
+  redis.call('ZREM', KEYS[1], unpack(ARGV, first, last))
+  redis.call('ZREM', KEYS[2], unpack(ARGV, first, last))
+  redis.call('HDEL', KEYS[4], unpack(ARGV, first, last))
 end
 return #ARGV
 """
