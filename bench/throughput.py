@@ -21,7 +21,7 @@ In one run, against the same ``bench/receiver.py`` process:
 the next) and prints the median of each ratio: the host's speed moves by
 tens of percent within one run.
 
-    .venv/bin/python bench/throughput.py [--subscribers 50 --firings 200 --max-in-flight 100 --repeat 1]
+    .venv/bin/python bench/throughput.py [--subscribers 50 --firings 800 --max-in-flight 100 --repeat 1]
 """
 
 from __future__ import annotations
@@ -132,7 +132,11 @@ async def main(reactor: Any) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=50, help="subscriptions per firing")
     parser.add_argument("--accounts", type=int, default=10, help="subscriber accounts (endpoints)")
-    parser.add_argument("--firings", type=int, default=200)
+    # 40,000 deliveries: on the current machine two daemons take about 7 s
+    # for them, so the start (the first fan-outs, before any delivery) and
+    # the end (one daemon's last firings while the other is done) weigh
+    # little; at 10,000 they left the cores 88-97 % busy instead of 98 %.
+    parser.add_argument("--firings", type=int, default=800)
     parser.add_argument("--max-in-flight", type=int, default=100, help="daemon cap = bare loop concurrency")
     parser.add_argument("--trigger-concurrency", type=int, default=4)
     parser.add_argument("--wrk-seconds", type=float, default=5)
