@@ -44,8 +44,8 @@ from pywebhooks.ledger.interface import ILedger, PendingDelivery
 # Adds and finishes name many entries at once (a fan-out, a group commit):
 # each Redis command takes a chunk of them rather than one entry each, so
 # Redis dispatches (and appends to its log) a few commands per chunk instead
-# of four per entry.  A chunk stays well under Lua's limit of values that
-# ``unpack`` can pass.
+# of four per entry (a variadic HSET needs Redis 4.0 or later).  A chunk
+# stays well under Lua's limit of values that ``unpack`` can pass.
 _ADD = """
 local lease, holder, chunk = ARGV[1], ARGV[2], 1000
 for first = 3, #ARGV, 3 * chunk do
@@ -57,8 +57,10 @@ for first = 3, #ARGV, 3 * chunk do
     ids[#ids + 1] = id
     scores[#scores + 1] = lease == '' and ARGV[i + 1] or lease
     scores[#scores + 1] = id
-    holders[#holders + 1] = id
-    holders[#holders + 1] = holder
+    if lease ~= '' then
+      holders[#holders + 1] = id
+      holders[#holders + 1] = holder
+    end
   end
   redis.call('HSET', KEYS[3], unpack(payloads))
   if lease == '' then
