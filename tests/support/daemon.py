@@ -209,9 +209,9 @@ class Daemon:
         """The URL of ``path`` on the daemon."""
         return "http://127.0.0.1:%d%s" % (self.port, path)
 
-    def api(self, persistent: bool = False) -> ApiClient:
-        """A client of the daemon's API (see ``ApiClient`` for ``persistent``)."""
-        return ApiClient(self._reactor, self.url(""), persistent=persistent)
+    def api(self) -> ApiClient:
+        """A client of the daemon's API."""
+        return ApiClient(self._reactor, self.url(""))
 
     @property
     def admin(self) -> dict[str, str]:
@@ -268,21 +268,14 @@ class Reply:
 
 
 class ApiClient:
-    """Calls a PyWebhooks API at ``base_url`` with treq, by default one
-    connection per request (so a killed daemon leaves no stale pooled
-    connection); ``persistent`` keeps connections open for the next request
-    (``close`` closes them)."""
+    """Calls a PyWebhooks API at ``base_url`` with treq, one connection per
+    request (so a killed daemon leaves no stale pooled connection)."""
 
-    def __init__(self, reactor: Any, base_url: str, timeout: float = 10.0, persistent: bool = False) -> None:
+    def __init__(self, reactor: Any, base_url: str, timeout: float = 10.0) -> None:
         self._reactor = reactor
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._pool = HTTPConnectionPool(reactor, persistent=persistent)
-        self._client = HTTPClient(Agent(reactor, pool=self._pool))
-
-    async def close(self) -> None:
-        """Close the connections kept open (``persistent``)."""
-        await self._pool.closeCachedConnections()
+        self._client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     async def call(self, method: str, path: str, body: Any = None,
                    account: Mapping[str, Any] | None = None) -> Reply:
