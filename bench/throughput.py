@@ -59,12 +59,12 @@ async def fire(reactor: Any, daemons: list[Daemon], owner: dict[str, Any], regis
                  for index in range(len(daemons))]
 
     async def worker(index: int) -> None:
-        daemon = daemons[index % len(daemons)]
-        request = rawhttp.post_request(daemon.port, path, credentials)
-        connection = await rawhttp.connect(reactor, daemon.port)
+        which = index % len(daemons)
+        request = rawhttp.post_request(daemons[which].port, path, credentials)
+        connection = await rawhttp.connect(reactor, daemons[which].port)
         try:
-            while remaining[index % len(daemons)] > 0:
-                remaining[index % len(daemons)] -= 1
+            while remaining[which] > 0:
+                remaining[which] -= 1
                 status, body = await connection.request(request)
                 if status != 201:
                     raise RuntimeError("a trigger answered %d: %r" % (status, body[:300]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from typing import Any
 
 import pytest_twisted
@@ -19,6 +18,7 @@ from zope.interface import implementer
 from pywebhooks.errors import StoreUnavailable
 from pywebhooks.keys import hash_api_key
 from tests.support.api_harness import running_api
+from tests.support.raw_http import exchange
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
@@ -221,19 +221,12 @@ async def test_head_is_get_without_a_body() -> None:
         assert reply.header("content-type") == "application/json"
 
 
-def _raw_exchange(base_url: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    """One request on a fresh connection, as bytes; everything the server sent
-    back before closing it (blocking: run it in a thread)."""
-    port = int(base_url.rsplit(":", 1)[1])
+def _raw_request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    """The bytes of one request that asks the server to close the connection."""
     lines = ["%s %s HTTP/1.1" % (method, path), "Host: 127.0.0.1", "Connection: close",
              "Content-Type: application/json", "Content-Length: %d" % (len(body),)]
     lines += ["%s: %s" % item for item in headers.items()]
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-    return received
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 @pytest_twisted.ensureDeferred
@@ -252,8 +245,9 @@ async def test_json_answers_say_their_length() -> None:
             ("GET", "/v1/nowhere", b"", 404),
             ("GET", "/v1/account/" + UNKNOWN, b"", 403),
         ]
+        port = int(api.base_url.rsplit(":", 1)[1])
         for method, path, body, status in exchanges:
-            raw = await deferToThread(_raw_exchange, api.base_url, method, path, credentials, body)
+            raw = await deferToThread(exchange, port, _raw_request(method, path, credentials, body))
             head, _, answer = raw.partition(b"\r\n\r\n")
             status_line, *header_lines = head.decode("latin-1").split("\r\n")
             found = dict(line.lower().split(": ", 1) for line in header_lines)

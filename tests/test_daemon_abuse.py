@@ -15,6 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from tests.support.daemon import Daemon
+from tests.support.raw_http import exchange
 
 
 @pytest.fixture
@@ -29,19 +30,6 @@ def guarded_daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 def _connect(daemon: Daemon) -> socket.socket:
     return socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
-
-
-def _read_all(connection: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = connection.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _trickle_until_dropped(daemon: Daemon) -> float:
@@ -79,17 +67,10 @@ async def test_a_huge_declared_body_is_refused_before_it_is_sent(guarded_daemon:
     being read."""
     await guarded_daemon.start()
 
-    def send() -> bytes:
-        connection = _connect(guarded_daemon)
-        connection.sendall(
-            b"POST /v1/account HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1073741824\r\n\r\n"
-        )
-        answer = _read_all(connection)
-        connection.close()
-        return answer
-
-    answer = await deferToThread(send)
+    answer = await deferToThread(
+        exchange, guarded_daemon.port,
+        b"POST /v1/account HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1073741824\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413")
     assert json.loads(body) == {"Error": "Request body too large"}
@@ -101,14 +82,9 @@ async def test_oversized_headers_are_refused(guarded_daemon: Daemon) -> None:
     before they are all read), and the daemon keeps serving."""
     await guarded_daemon.start()
 
-    def send() -> bytes:
-        connection = _connect(guarded_daemon)
-        connection.sendall(b"GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
-        answer = _read_all(connection)
-        connection.close()
-        return answer
-
-    answer = await deferToThread(send)
+    answer = await deferToThread(
+        exchange, guarded_daemon.port,
+        b"GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
     reply = await guarded_daemon.api().call("GET", "/v1/openapi.json")
     assert reply.status == 200

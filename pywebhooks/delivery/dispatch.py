@@ -61,11 +61,8 @@ class Dispatcher:
         muted = self._settings.max_failed_count
         deliveries: list[Record] = []
         entries: list[PendingDelivery] = []
-        ids = iter(new_ids(len(subscribers)))
-        for subscriber in subscribers:
-            if (subscriber.get("failed_count") or 0) >= muted:
-                continue
-            delivery_id = next(ids)
+        heard = [subscriber for subscriber in subscribers if (subscriber.get("failed_count") or 0) < muted]
+        for subscriber, delivery_id in zip(heard, new_ids(len(heard))):
             deliveries.append({
                 "id": delivery_id,
                 "epoch": now,
